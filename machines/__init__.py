@@ -1,0 +1,1 @@
+"""Real workflows built on statemachine; the docs take their examples from here."""

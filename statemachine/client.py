@@ -1,0 +1,248 @@
+"""Starting, inspecting and steering workflows from application code (and the CLI)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from .definition import Machine, lookup_machine
+from .errors import (
+    DataError,
+    InvalidOperation,
+    StateMachineError,
+    UnknownMachine,
+    WaitTimeout,
+    WorkflowNotFound,
+)
+from .schema import FINISHED_STATUSES
+from .serde import StateCodec
+from .store import Change, Store
+
+__all__ = ["Client", "HistoryEntry", "WorkflowInfo"]
+
+WorkflowId = uuid.UUID | str
+
+
+@attrs.frozen
+class WorkflowInfo:
+    """A workflow as stored now. `state` is the loaded state object, or None when this process
+    does not know the machine or the stored data does not fit (then `load_error` says why)."""
+
+    id: uuid.UUID
+    machine: str
+    state_name: str
+    data: Any
+    status: str
+    version: int
+    attempt: int
+    wake_at: datetime | None
+    key: str | None
+    parent_id: uuid.UUID | None
+    last_error: str | None
+    lease_owner: str | None
+    created_at: datetime
+    updated_at: datetime
+    state: object | None = None
+    load_error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the workflow has reached done, failed (parked) or cancelled."""
+        return self.status in FINISHED_STATUSES
+
+
+@attrs.frozen
+class HistoryEntry:
+    """One row of `sm_history`: a committed change to the workflow."""
+
+    version: int
+    kind: str
+    from_state: str | None
+    to_state: str
+    data: Any
+    status: str
+    cause: str | None
+    attempt: int
+    error: str | None
+    worker: str | None
+    started_at: datetime | None
+    finished_at: datetime
+
+
+class Client:
+    """Start and steer workflows. Pass the machines whose states you want loaded as objects;
+    machines defined in imported modules are found by name too."""
+
+    def __init__(self, store: Store | str | None = None,
+                 machines: Iterable[type[Machine] | Machine] = ()) -> None:
+        self.store = store if isinstance(store, Store) else Store(store)
+        self._codecs: dict[str, StateCodec] = {}
+        for m in machines:
+            spec = m.spec
+            self._codecs[spec.name] = StateCodec(spec)
+
+    def _codec(self, machine: str) -> StateCodec | None:
+        codec = self._codecs.get(machine)
+        if codec is None:
+            cls = lookup_machine(machine)
+            if cls is None:
+                return None
+            codec = self._codecs[machine] = StateCodec(cls.spec)
+        return codec
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def start(
+        self, machine: type[Machine] | Machine, state: object, *, key: str | None = None
+    ) -> uuid.UUID:
+        """Start a workflow of `machine` in `state` (its initial state); returns the id.
+
+        With a `key`, starting again with the same key returns the first workflow's id and starts
+        nothing (safe to call from a retried request handler)."""
+        spec = machine.spec
+        if type(state) is not spec.initial:
+            raise InvalidOperation(
+                f"machine {spec.name} starts in {spec.initial.__name__}, not "
+                f"{type(state).__name__}")
+        codec = self._codecs.get(spec.name) or StateCodec(spec)
+        self._codecs[spec.name] = codec
+        name, data = codec.dump(state)
+        workflow_id, _created = self.store.insert_workflow(
+            machine=spec.name, state=name, data=data, key=key)
+        self.store.notify()
+        return workflow_id
+
+    def start_many(self, machine: type[Machine] | Machine, states: Iterable[object]) -> list[uuid.UUID]:
+        """Start one workflow per state in a single transaction (bulk, no keys)."""
+        spec = machine.spec
+        codec = self._codecs.get(spec.name) or StateCodec(spec)
+        rows = []
+        for s in states:
+            if type(s) is not spec.initial:
+                raise InvalidOperation(f"machine {spec.name} starts in {spec.initial.__name__}")
+            rows.append(codec.dump(s))
+        ids = self.store.insert_workflows(spec.name, rows)
+        self.store.notify()
+        return ids
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, workflow_id: WorkflowId) -> WorkflowInfo:
+        """The workflow now. Raises `WorkflowNotFound`."""
+        wid = _uuid(workflow_id)
+        row = self.store.get(wid)
+        if row is None:
+            raise WorkflowNotFound(f"no workflow {wid}")
+        return self._info(row)
+
+    def wait(self, workflow_id: WorkflowId, timeout: float = 30.0,
+             poll: float = 0.02) -> WorkflowInfo:
+        """Block until the workflow is finished (done, failed or cancelled); returns it.
+        Raises `WaitTimeout` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.get(workflow_id)
+            if info.finished:
+                return info
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"workflow {info.id} still {info.status} in {info.state_name} "
+                                  f"after {timeout}s")
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            poll = min(poll * 1.5, 0.5)
+
+    def list(self, *, machine: str | None = None, status: str | None = None,
+             state: str | None = None, limit: int = 100) -> list[WorkflowInfo]:
+        """Workflows, newest first."""
+        return [self._info(r) for r in self.store.list(machine=machine, status=status,
+                                                       state=state, limit=limit)]
+
+    def history(self, workflow_id: WorkflowId) -> list[HistoryEntry]:
+        """Every committed change of the workflow, oldest first."""
+        wid = _uuid(workflow_id)
+        rows = self.store.history(wid)
+        if not rows and self.store.get(wid) is None:
+            raise WorkflowNotFound(f"no workflow {wid}")
+        return [HistoryEntry(r.version, r.kind, r.from_state, r.to_state, r.data, r.status,
+                             r.cause, r.attempt, r.error, r.worker, r.started_at, r.finished_at)
+                for r in rows]
+
+    # -- steering ----------------------------------------------------------------------------
+
+    def retry(self, workflow_id: WorkflowId) -> int:
+        """Resume a parked (failed) workflow from the state it is in, with fresh attempts."""
+        return self._change(workflow_id, ("failed",), "retry", "ready", wake_after=0.0,
+                            cause="retry requested")
+
+    def cancel(self, workflow_id: WorkflowId, *, reason: str = "cancel requested") -> int:
+        """Cancel a workflow that is not running (ready, waiting, or parked)."""
+        return self._change(workflow_id, ("ready", "waiting", "failed"), "cancel", "cancelled",
+                            wake_after=None, cause=reason)
+
+    def force(self, workflow_id: WorkflowId, state: object, *, reason: str = "forced") -> int:
+        """Put the workflow in `state` and make it due now, whatever it was doing (an in-flight
+        handler's result is then discarded). The Python twin of the SQL in docs/how-to/sql.md."""
+        info = self.get(workflow_id)
+        codec = self._codec(info.machine)
+        if codec is None:
+            raise UnknownMachine(f"machine {info.machine} is not known to this process")
+        name, data = codec.dump(state)
+        terminal = codec.spec.is_terminal(type(state))
+        change = Change(
+            workflow_id=info.id, version=info.version, kind="forced", from_state=info.state_name,
+            to_state=name, data=data, status="done" if terminal else "ready", attempt=0,
+            wake_after=None if terminal else 0.0, cause=reason, new_state=True)
+        version = self.store.apply(change)
+        if version is None:
+            raise InvalidOperation(f"workflow {info.id} changed while forcing it; try again")
+        self.store.notify()
+        return version
+
+    def _change(self, workflow_id: WorkflowId, allowed: tuple[str, ...], kind: str, status: str,
+                *, wake_after: float | None, cause: str) -> int:
+        for _ in range(5):
+            info = self.get(workflow_id)
+            if info.status not in allowed:
+                raise InvalidOperation(
+                    f"cannot {kind} workflow {info.id}: it is {info.status} "
+                    f"(only {', '.join(allowed)} workflows can be)")
+            version = self.store.apply(Change(
+                workflow_id=info.id, version=info.version, expect_status=allowed, kind=kind,
+                from_state=info.state_name, to_state=info.state_name, data=info.data,
+                status=status, attempt=info.attempt, wake_after=wake_after, new_state=False,
+                reset_attempts=True, cause=cause))
+            if version is not None:
+                self.store.notify()
+                return version
+        raise StateMachineError(f"workflow {info.id} kept changing; {kind} not applied")
+
+    def _info(self, row: Any) -> WorkflowInfo:
+        state: object | None = None
+        load_error: str | None = None
+        codec = self._codec(row.machine)
+        if codec is None:
+            load_error = f"machine {row.machine} is not known to this process"
+        else:
+            try:
+                state = codec.load(row.state, row.data, workflow=row.id)
+            except (DataError, UnknownMachine) as e:
+                load_error = str(e)
+        return WorkflowInfo(
+            id=row.id, machine=row.machine, state_name=row.state, data=row.data,
+            status=row.status, version=row.version, attempt=row.attempt, wake_at=row.wake_at,
+            key=row.key, parent_id=row.parent_id, last_error=row.last_error,
+            lease_owner=row.lease_owner, created_at=row.created_at, updated_at=row.updated_at,
+            state=state, load_error=load_error)
+
+
+def _uuid(value: WorkflowId) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise WorkflowNotFound(f"{value!r} is not a workflow id (a UUID)") from None

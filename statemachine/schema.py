@@ -1,0 +1,157 @@
+"""The database contract: every table and index statemachine uses, as SQLAlchemy Core objects.
+
+Operators write SQL against these names, so they are public interface (see docs/reference/schema.md).
+`migrations/` builds the same schema from plain SQL; a test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeEngine
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FINISHED_STATUSES",
+    "STATUSES",
+    "history",
+    "metadata",
+    "migrations_table",
+    "workflows",
+]
+
+STATUSES = ("ready", "running", "waiting", "done", "failed", "cancelled")
+ACTIVE_STATUSES = ("ready", "running", "waiting")
+FINISHED_STATUSES = ("done", "failed", "cancelled")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    PostgreSQL stores TIMESTAMPTZ. SQLite has no date type: values are stored as naive UTC text in a
+    fixed-width format, so string comparison in SQL is time comparison.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: statemachine stores aware UTC times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class TextUUID(TypeDecorator[uuid.UUID]):
+    """Native UUID on PostgreSQL/CockroachDB; the dashed text form on SQLite, so SQL reads naturally."""
+
+    impl = Uuid
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(36))
+        return dialect.type_descriptor(Uuid(as_uuid=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+        return str(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> uuid.UUID | None:
+        if value is None:
+            return None
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+JSONData = JSON().with_variant(JSONB(), "postgresql")
+
+metadata = MetaData()
+
+workflows = Table(
+    "sm_workflows",
+    metadata,
+    Column("id", TextUUID, primary_key=True),
+    Column("machine", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("data", JSONData, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    # The version at which the current state was entered: the transition's idempotency key derives
+    # from it, so it stays the same across retries (which bump `version`) of one transition.
+    Column("entered_version", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("wake_at", UTCDateTime, nullable=True),
+    Column("lease_token", Text, nullable=True),
+    Column("lease_owner", Text, nullable=True),
+    Column("key", Text, nullable=True),
+    Column("parent_id", TextUUID, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Only rows that can come due are indexed (finished rows have wake_at NULL), so the claim query's
+# index stays the size of the live work, however many finished rows the table holds.
+Index("sm_workflows_due", workflows.c.wake_at, sqlite_where=text("wake_at IS NOT NULL"),
+      postgresql_where=text("wake_at IS NOT NULL"))
+Index("sm_workflows_key", workflows.c.machine, workflows.c.key, unique=True,
+      sqlite_where=text("key IS NOT NULL"), postgresql_where=text("key IS NOT NULL"))
+Index("sm_workflows_parent", workflows.c.parent_id, sqlite_where=text("parent_id IS NOT NULL"),
+      postgresql_where=text("parent_id IS NOT NULL"))
+Index("sm_workflows_machine_status", workflows.c.machine, workflows.c.status)
+
+history = Table(
+    "sm_history",
+    metadata,
+    Column("workflow_id", TextUUID, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    # start | transition | failed_attempt | parked | retry | cancel | external_change
+    Column("kind", Text, nullable=False),
+    Column("from_state", Text, nullable=True),
+    Column("to_state", Text, nullable=False),
+    Column("data", JSONData, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("cause", Text, nullable=True),
+    Column("attempt", Integer, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("worker", Text, nullable=True),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("workflow_id", "version", name="sm_history_pkey"),
+)
+
+migrations_table = Table(
+    "sm_migrations",
+    metadata,
+    Column("version", Text, primary_key=True),
+    Column("applied_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,106 @@
+"""State objects to and from (name, JSON-ready dict), with one cattrs converter per machine.
+
+JSON, never pickle: operators read and write `sm_workflows.data` in SQL. Datetimes are ISO 8601
+with a time zone. Structuring is strict (``"ten"`` is not an int, ``"10"`` is not one either), so
+data forced by hand that does not fit its class is caught when it is loaded, with an error that
+names the workflow, the state and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import cattrs
+from cattrs.preconf.json import make_converter
+
+from .definition import MachineSpec, state_name
+from .errors import DataError, UnknownMachine
+
+__all__ = ["StateCodec", "make_state_converter"]
+
+
+def _strict(kind: type) -> Callable[[Any, type], Any]:
+    def structure(value: Any, _: type) -> Any:
+        # bool is an int in Python; a JSON true is not a number of anything.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise TypeError(f"expected {kind.__name__}, got {value!r}")
+        return value
+
+    return structure
+
+
+def _structure_float(value: Any, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected float, got {value!r}")
+    return float(value)
+
+
+def _structure_datetime(value: Any, _: type) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError(f"expected an ISO 8601 datetime string, got {value!r}")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"datetime {value!r} has no time zone")
+    return parsed
+
+
+def _unstructure_datetime(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise DataError(f"naive datetime {value!r}: give state datetimes a time zone")
+    return value.isoformat()
+
+
+def make_state_converter() -> cattrs.Converter:
+    """A fresh converter with statemachine's strict JSON rules (never the global converter)."""
+    converter = make_converter()
+    for kind in (int, str, bool):
+        converter.register_structure_hook(kind, _strict(kind))
+    converter.register_structure_hook(float, _structure_float)
+    converter.register_structure_hook(datetime, _structure_datetime)
+    converter.register_unstructure_hook(datetime, _unstructure_datetime)
+    return converter
+
+
+def _describe(error: BaseException, path: str) -> str:
+    messages = cattrs.transform_error(error, path=path, format_exception=_format_leaf)
+    return "; ".join(messages)
+
+
+def _format_leaf(error: BaseException, _type: type | None) -> str:
+    if isinstance(error, KeyError):
+        return "required field missing"
+    return str(error) or type(error).__name__
+
+
+class StateCodec:
+    """Encodes and decodes the states of one machine."""
+
+    def __init__(self, spec: MachineSpec, converter: cattrs.Converter | None = None) -> None:
+        self.spec = spec
+        self.converter = converter or make_state_converter()
+
+    def dump(self, state: object) -> tuple[str, dict[str, Any]]:
+        """(stored name, JSON-ready fields) of a state object of this machine."""
+        cls = type(state)
+        name = state_name(cls)
+        if self.spec.states.get(name) is not cls:
+            raise DataError(f"{cls.__name__} is not a state of machine {self.spec.name}")
+        data = self.converter.unstructure(state)
+        if not isinstance(data, dict):
+            raise DataError(f"state {name} did not serialize to an object")
+        return name, data
+
+    def load(self, name: str, data: Any, *, workflow: object = None) -> object:
+        """The state object for a stored (name, data); `DataError` names what does not fit."""
+        where = f"workflow {workflow}: " if workflow is not None else ""
+        cls = self.spec.states.get(name)
+        if cls is None:
+            raise UnknownMachine(f"{where}machine {self.spec.name} has no state named {name!r}")
+        if not isinstance(data, dict):
+            raise DataError(f"{where}state {name}: data must be a JSON object, got {data!r}")
+        try:
+            return self.converter.structure(data, cls)
+        except Exception as e:
+            raise DataError(f"{where}state {name}: {_describe(e, 'data')}") from e
