@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from types import FrameType
@@ -66,11 +66,13 @@ class Worker:
         grace: float = 30.0,
         sticky: bool = True,
         name: str | None = None,
+        on_change: Callable[[Change, int], None] | None = None,
     ) -> None:
         """`concurrency`: handlers run at once (threads). `lease`: seconds a claimed workflow is
         held before another worker may take it over (renewed while the handler runs).
         `poll_interval`: the longest wait between claims when idle (it shrinks when busy).
-        `grace`: on stop, how long in-flight handlers may take to finish."""
+        `grace`: on stop, how long in-flight handlers may take to finish. `on_change` is called
+        (in the handler's thread) with every change this worker commits and its new version."""
         self.store = store
         self.machines: dict[str, _Loaded] = {}
         for m in machines:
@@ -96,6 +98,7 @@ class Worker:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.on_change = on_change
         self.transitions = 0  # committed by this worker
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -347,6 +350,8 @@ class Worker:
                         "discarded", row.id, row.version, row.state)
             return None
         self.transitions += 1
+        if self.on_change is not None:
+            self.on_change(change, version)
         if change.keep_lease is None:
             return None
         return ClaimedRow(id=row.id, machine=row.machine, state=change.to_state, data=change.data,

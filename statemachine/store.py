@@ -510,13 +510,13 @@ def _make_engine(url: str, isolation_level: str | None, pool_size: int) -> Engin
         return engine
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
-    connect_args: dict[str, Any] = {}
     if isolation_level and parsed.get_backend_name() == "postgresql":
         # Set as the session default so single-statement (autocommit) work runs at it too.
         level = isolation_level.lower().replace("_", " ")
-        connect_args["options"] = f"-c default_transaction_isolation='{level}'"
-    return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size,
-                         pool_pre_ping=False, connect_args=connect_args)
+        options = " ".join(filter(None, [str(parsed.query.get("options", "")),
+                                         f"-c default_transaction_isolation='{level}'"]))
+        parsed = parsed.update_query_dict({"options": options})
+    return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -1,0 +1,290 @@
+"""The `statemachine` command: migrate, run workers, start and steer workflows, run the demo.
+
+The database comes from ``--db`` or ``STATEMACHINE_DATABASE_URL`` (default: ``statemachine.db`` in
+the current directory). Machines come from ``--app module:attr`` (a machine class or instance, a
+list of them, or a module: every machine defined in it). Errors print one line; ``--debug`` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from .client import Client, WorkflowInfo
+from .definition import Machine, lookup_machine
+from .errors import StateMachineError, UnknownMachine
+from .runtime import Worker
+from .serde import StateCodec
+from .store import Change, Store, default_database_url
+
+__all__ = ["load_machines", "main"]
+
+
+class _Obj:
+    def __init__(self, db: str, debug: bool) -> None:
+        self.db = db
+        self.debug = debug
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.db)
+        return self._store
+
+
+def load_machines(spec: str) -> list[Machine | type[Machine]]:
+    """Import ``module:attr`` (or a bare module) and return the machines it names."""
+    module_name, _, attr = spec.partition(":")
+    sys.path.insert(0, ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise click.UsageError(f"--app {spec}: cannot import {module_name!r}: {e}") from e
+    if not attr:
+        found: list[Machine | type[Machine]] = [
+            v for v in vars(module).values()
+            if isinstance(v, type) and issubclass(v, Machine) and hasattr(v, "spec")
+            and v.__module__ == module.__name__]
+        if not found:
+            raise click.UsageError(f"--app {spec}: module defines no machine")
+        return found
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise click.UsageError(f"--app {spec}: {module_name} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if callable(target) and not isinstance(target, type) and not isinstance(target, Machine):
+        target = target()
+    items = list(target) if isinstance(target, list | tuple) else [target]
+    for item in items:
+        if not (isinstance(item, Machine) or (isinstance(item, type) and issubclass(item, Machine))):
+            raise click.UsageError(f"--app {spec}: {item!r} is not a machine")
+    return items
+
+
+def _machine(obj: _Obj, name: str, app: str | None) -> type[Machine]:
+    if app:
+        load_machines(app)
+    cls = lookup_machine(name)
+    if cls is None:
+        hint = "" if app else " (pass --app module:attr to import it)"
+        raise UnknownMachine(f"unknown machine {name!r}{hint}")
+    return cls
+
+
+def _client(obj: _Obj, app: str | None = None) -> Client:
+    machines = [m if isinstance(m, type) else type(m) for m in load_machines(app)] if app else []
+    return Client(obj.store, machines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", envvar="STATEMACHINE_DATABASE_URL", default=None,
+              help="Database URL (default: sqlite:///statemachine.db).")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
+    """Durable workflows as explicit state machines."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = _Obj(db or default_database_url(), debug)
+
+
+@cli.command()
+@click.pass_obj
+def migrate(obj: _Obj) -> None:
+    """Create or upgrade the sm_* tables (idempotent)."""
+    applied = obj.store.migrate()
+    click.echo(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@cli.command()
+@click.option("--app", required=True, help="module:attr naming the machines to run.")
+@click.option("--concurrency", default=4, show_default=True, help="Handlers run at once.")
+@click.option("--lease", default=30.0, show_default=True, help="Lease seconds.")
+@click.option("--poll", default=1.0, show_default=True, help="Longest idle poll interval (s).")
+@click.option("--grace", default=30.0, show_default=True,
+              help="Seconds in-flight handlers get to finish on SIGTERM/SIGINT.")
+@click.option("--name", default=None, help="Worker name in leases and history.")
+@click.pass_obj
+def worker(obj: _Obj, app: str, concurrency: int, lease: float, poll: float, grace: float,
+           name: str | None) -> None:
+    """Run workflows until SIGTERM/SIGINT."""
+    if not obj.debug:
+        logging.getLogger("statemachine").setLevel(logging.INFO)
+    w = Worker(obj.store, load_machines(app), concurrency=concurrency, lease=lease,
+               poll_interval=poll, grace=grace, name=name)
+    click.echo(f"worker {w.name} running {', '.join(w.machines)} (Ctrl-C to stop)", err=True)
+    w.run()
+
+
+@cli.command()
+@click.argument("machine")
+@click.option("--data", default="{}", help="The initial state's fields, as JSON.")
+@click.option("--key", default=None, help="Idempotent start key (unique per machine).")
+@click.option("--app", default=None, help="module:attr to import the machine from.")
+@click.pass_obj
+def start(obj: _Obj, machine: str, data: str, key: str | None, app: str | None) -> None:
+    """Start a workflow of MACHINE in its initial state; prints its id."""
+    cls = _machine(obj, machine, app)
+    try:
+        fields = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
+    state = StateCodec(cls.spec).load(cls.spec.initial.__name__, fields)
+    click.echo(Client(obj.store, [cls]).start(cls, state, key=key))
+
+
+def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> None:
+    cells = [[str(c) for c in headers], *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        click.echo("  ".join(c.ljust(wd) for c, wd in zip(r, widths, strict=True)).rstrip())
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+@cli.command("list")
+@click.option("--machine", default=None)
+@click.option("--status", default=None, type=click.Choice(
+    ["ready", "running", "waiting", "done", "failed", "cancelled"]))
+@click.option("--state", default=None)
+@click.option("--limit", default=50, show_default=True)
+@click.pass_obj
+def list_(obj: _Obj, machine: str | None, status: str | None, state: str | None,
+          limit: int) -> None:
+    """List workflows, newest first."""
+    infos = Client(obj.store).list(machine=machine, status=status, state=state, limit=limit)
+    _table([(i.id, i.machine, i.state_name, i.status, i.version, _when(i.updated_at),
+             (i.last_error or "")[:60]) for i in infos],
+           ["ID", "MACHINE", "STATE", "STATUS", "VERSION", "UPDATED", "LAST ERROR"])
+
+
+def _show(info: WorkflowInfo) -> None:
+    fields = [("id", info.id), ("machine", info.machine), ("state", info.state_name),
+              ("status", info.status), ("version", info.version), ("attempt", info.attempt),
+              ("wake_at", _when(info.wake_at)), ("key", info.key), ("parent", info.parent_id),
+              ("lease_owner", info.lease_owner), ("created", _when(info.created_at)),
+              ("updated", _when(info.updated_at)), ("last_error", info.last_error),
+              ("load_error", info.load_error)]
+    for k, v in fields:
+        if v not in (None, ""):
+            click.echo(f"{k:12} {v}")
+    click.echo(f"{'data':12} {json.dumps(info.data, sort_keys=True)}")
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.pass_obj
+def show(obj: _Obj, workflow_id: str) -> None:
+    """Show one workflow."""
+    _show(Client(obj.store).get(workflow_id))
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--errors", is_flag=True, help="Print each error's full text and traceback.")
+@click.pass_obj
+def history(obj: _Obj, workflow_id: str, errors: bool) -> None:
+    """Show a workflow's history, oldest first."""
+    entries = Client(obj.store).history(workflow_id)
+    _table([(e.version, e.kind, e.from_state or "", e.to_state, e.status, e.attempt,
+             _when(e.finished_at), (e.error or "").split("\n")[0][:70]) for e in entries],
+           ["VERSION", "KIND", "FROM", "TO", "STATUS", "ATTEMPT", "AT", "ERROR"])
+    if errors:
+        for e in entries:
+            if e.error:
+                click.echo(f"\n--- version {e.version} ---\n{e.error}")
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.pass_obj
+def retry(obj: _Obj, workflow_id: str) -> None:
+    """Resume a parked (failed) workflow from its state."""
+    version = Client(obj.store).retry(workflow_id)
+    click.echo(f"workflow {workflow_id} is ready again (version {version})")
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--reason", default="cancelled from the CLI")
+@click.pass_obj
+def cancel(obj: _Obj, workflow_id: str, reason: str) -> None:
+    """Cancel a workflow that is not running."""
+    version = Client(obj.store).cancel(workflow_id, reason=reason)
+    click.echo(f"workflow {workflow_id} cancelled (version {version})")
+
+
+@cli.command()
+@click.option("--orders", default=3, show_default=True, help="How many orders to run.")
+@click.pass_obj
+def demo(obj: _Obj, orders: int) -> None:
+    """Run the order demo (charge, ship, confirm; one declined card) to completion."""
+    from machines.order import FakePaymentGateway, Order, OrderPlaced
+
+    store = obj.store
+    store.migrate()
+    click.echo(f"database: {obj.db}")
+    printer = _TransitionPrinter()
+    client = Client(store, [Order])
+    with Worker(store, [Order(FakePaymentGateway())], concurrency=2, poll_interval=0.2,
+                on_change=printer):
+        ids = [client.start(Order, OrderPlaced(order_id=f"A{n + 1:03d}", amount_cents=1250 * (n + 1),
+                                               card="0000" if n == 1 else "4242"))
+               for n in range(orders)]
+        infos = [client.wait(i, timeout=60) for i in ids]
+    click.echo("\nfinal states:")
+    for info in infos:
+        click.echo(f"  {info.id}  {info.status:6} {info.state!r}")
+    click.echo(f"\nhistory of {ids[0]} (sm_history, as any SQL client sees it):")
+    ctx = click.get_current_context()
+    ctx.invoke(history, workflow_id=str(ids[0]), errors=False)
+
+
+class _TransitionPrinter:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, change: Change, version: int) -> None:
+        what = {"failed_attempt": "retry scheduled", "error_route": "error route",
+                "parked": "PARKED"}.get(change.kind, "")
+        error = f"  ({(change.error or '').splitlines()[0]})" if change.error else ""
+        click.echo(f"{time.monotonic() - self.t0:7.3f}s  {str(change.workflow_id)[:8]}  "
+                   f"v{version:<3} {change.from_state} -> {change.to_state} [{change.status}]"
+                   f" {what}{error}")
+
+
+def _run(args: Sequence[str] | None) -> int:
+    debug = "--debug" in (args if args is not None else sys.argv[1:])
+    try:
+        cli.main(args=list(args) if args is not None else None, prog_name="statemachine",
+                 standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except (StateMachineError, ValueError, OSError) as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        return 1
+    return 0
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of the `statemachine` command."""
+    sys.exit(_run(args))
+
