@@ -66,7 +66,8 @@ def load_machines(spec: str) -> list[Machine | type[Machine]]:
         target = target()
     items = list(target) if isinstance(target, list | tuple) else [target]
     for item in items:
-        if not (isinstance(item, Machine) or (isinstance(item, type) and issubclass(item, Machine))):
+        is_class = isinstance(item, type) and issubclass(item, Machine)
+        if not (isinstance(item, Machine) or is_class):
             raise click.UsageError(f"--app {spec}: {item!r} is not a machine")
     return items
 
@@ -240,7 +241,8 @@ def demo(obj: _Obj, orders: int) -> None:
     client = Client(store, [Order])
     with Worker(store, [Order(FakePaymentGateway())], concurrency=2, poll_interval=0.2,
                 on_change=printer):
-        ids = [client.start(Order, OrderPlaced(order_id=f"A{n + 1:03d}", amount_cents=1250 * (n + 1),
+        ids = [client.start(Order, OrderPlaced(order_id=f"A{n + 1:03d}",
+                                               amount_cents=1250 * (n + 1),
                                                card="0000" if n == 1 else "4242"))
                for n in range(orders)]
         infos = [client.wait(i, timeout=60) for i in ids]

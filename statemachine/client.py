@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from collections.abc import Iterable
@@ -117,7 +118,9 @@ class Client:
         self.store.notify()
         return workflow_id
 
-    def start_many(self, machine: type[Machine] | Machine, states: Iterable[object]) -> list[uuid.UUID]:
+    def start_many(
+        self, machine: type[Machine] | Machine, states: Iterable[object]
+    ) -> list[uuid.UUID]:
         """Start one workflow per state in a single transaction (bulk, no keys)."""
         spec = machine.spec
         codec = self._codecs.get(spec.name) or StateCodec(spec)
@@ -156,12 +159,12 @@ class Client:
             poll = min(poll * 1.5, 0.5)
 
     def list(self, *, machine: str | None = None, status: str | None = None,
-             state: str | None = None, limit: int = 100) -> list[WorkflowInfo]:
+             state: str | None = None, limit: int = 100) -> builtins.list[WorkflowInfo]:
         """Workflows, newest first."""
-        return [self._info(r) for r in self.store.list(machine=machine, status=status,
+        return [self._info(r) for r in self.store.list_workflows(machine=machine, status=status,
                                                        state=state, limit=limit)]
 
-    def history(self, workflow_id: WorkflowId) -> list[HistoryEntry]:
+    def history(self, workflow_id: WorkflowId) -> builtins.list[HistoryEntry]:
         """Every committed change of the workflow, oldest first."""
         wid = _uuid(workflow_id)
         rows = self.store.history(wid)

@@ -35,8 +35,8 @@ __all__ = [
     "MachineSpec",
     "RetryPolicy",
     "StepHandler",
-    "state_name",
     "lookup_machine",
+    "state_name",
     "step",
 ]
 
@@ -68,7 +68,8 @@ class RetryPolicy:
 
     def __attrs_post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise InvalidDefinition(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+            raise InvalidDefinition(
+                f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
         if not 0 <= self.jitter <= 1:
             raise InvalidDefinition(f"RetryPolicy.jitter must be in [0, 1], got {self.jitter}")
 
@@ -120,8 +121,8 @@ class StepHandler(Generic[F]):
         self.targets: tuple[type, ...] = ()
 
     def on_error(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Declare the error route: ``fn(self, state, failure, ctx) -> NextState`` runs when the step
-        fails permanently or runs out of retries, instead of parking the workflow."""
+        """Declare the error route: ``fn(self, state, failure, ctx) -> NextState`` runs when the
+        step fails permanently or runs out of retries, instead of parking the workflow."""
         if self.error_route is not None:
             raise InvalidDefinition(f"step {self.name!r} has two error routes")
         self.error_route = ErrorRoute(fn)
@@ -287,8 +288,8 @@ def _build_spec(cls: type[Machine]) -> MachineSpec:
     reachable = {initial}
     frontier = [initial]
     while frontier:
-        handler = steps.get(frontier.pop())
-        for t in _all_targets(handler) if handler else ():
+        out = steps.get(frontier.pop())
+        for t in _all_targets(out) if out else ():
             if t not in reachable:
                 reachable.add(t)
                 frontier.append(t)
@@ -307,7 +308,9 @@ def _all_targets(handler: StepHandler[Any]) -> tuple[type, ...]:
     return handler.targets + route
 
 
-def _collect(initial: type, terminal: list[type], steps: dict[type, StepHandler[Any]]) -> list[type]:
+def _collect(
+    initial: type, terminal: list[type], steps: dict[type, StepHandler[Any]]
+) -> list[type]:
     seen: dict[type, None] = {initial: None}
     for source, handler in steps.items():
         seen[source] = None

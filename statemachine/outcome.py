@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import traceback as tb
 from datetime import datetime
+from typing import Any
 
 from .definition import Failure, MachineSpec, StepHandler, state_name
 from .errors import DataError
@@ -65,7 +66,7 @@ def transition_change(
 
 
 def failure_change(
-    row: ClaimedRow, handler: StepHandler[object], failure: Failure, *, worker: str,
+    row: ClaimedRow, handler: StepHandler[Any], failure: Failure, *, worker: str,
     started_at: datetime,
 ) -> Change | None:
     """The change for a failed attempt that will be retried, or None when the step has failed for

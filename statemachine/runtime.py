@@ -267,9 +267,10 @@ class Worker:
         loaded = self.machines[row.machine]
         started = self.clock.now()
         if row.external_change:
-            row = self._record_external_change(row)
-            if row is None:
+            recorded = self._record_external_change(row)
+            if recorded is None:
                 return None
+            row = recorded
         try:
             state = loaded.codec.load(row.state, row.data, workflow=row.id)
         except (DataError, UnknownMachine) as e:

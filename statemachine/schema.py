@@ -1,6 +1,7 @@
 """The database contract: every table and index statemachine uses, as SQLAlchemy Core objects.
 
-Operators write SQL against these names, so they are public interface (see docs/reference/schema.md).
+Operators write SQL against these names, so they are public interface
+(see docs/reference/schema.md).
 `migrations/` builds the same schema from plain SQL; a test keeps the two identical.
 """
 
@@ -70,7 +71,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class TextUUID(TypeDecorator[uuid.UUID]):
-    """Native UUID on PostgreSQL/CockroachDB; the dashed text form on SQLite, so SQL reads naturally."""
+    """Native UUID on PostgreSQL/CockroachDB; dashed text on SQLite, so SQL reads naturally."""
 
     impl = Uuid
     cache_ok = True

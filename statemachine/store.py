@@ -5,8 +5,8 @@ The contract (see DESIGN.md section 3):
 * **claim**: one statement (PostgreSQL/CockroachDB) takes a batch of due rows with
   ``FOR UPDATE SKIP LOCKED`` and rewrites their lease; on SQLite one ``BEGIN IMMEDIATE``
   transaction does the same under SQLite's single write lock.
-* **apply**: a compare-and-set on ``(id, version, lease_token)`` that writes the next row and appends
-  its history row atomically (one CTE statement on servers), checked through ``RETURNING``.
+* **apply**: a compare-and-set on ``(id, version, lease_token)`` that writes the next row and
+  appends its history row atomically (one CTE statement on servers), checked through ``RETURNING``.
 * **times**: leases and timers use the database clock (``now()``) on servers, unless the store was
   given an explicit clock (tests move a fake one); SQLite always uses the process clock.
 """
@@ -214,7 +214,8 @@ class Store:
         """The time the store schedules by, read now."""
         if not self.server_clock:
             return self.clock.now()
-        return self._single(lambda c: c.execute(select(func.now())).scalar_one())  # type: ignore[no-any-return]
+        now: datetime = self._single(lambda c: c.execute(select(func.now())).scalar_one())
+        return now
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -311,7 +312,8 @@ class Store:
                     .where(due(self.now())).order_by(w.c.wake_at).limit(limit)).all()
                 if not rows:
                     return []
-                conn.execute(update(w).where(w.c.id.in_([r.id for r in rows])).values(**lease_values))
+                ids = [r.id for r in rows]
+                conn.execute(update(w).where(w.c.id.in_(ids)).values(**lease_values))
                 return [ClaimedRow(r.id, r.machine, r.state, r.data, r.version, r.entered_version,
                                    r.attempt + 1, token, r.status, not r.rec) for r in rows]
 
@@ -404,7 +406,8 @@ class Store:
 
     def record_external_change(self, row: ClaimedRow, *, worker: str) -> bool:
         """Record in history that `row`'s current version was written outside the engine (an
-        operator's UPDATE), and make it the start of a new transition. False if the lease is gone."""
+        operator's UPDATE), and make it the start of a new transition. False if the lease is
+        gone."""
 
         def run(conn: Connection) -> bool:
             done = conn.execute(
@@ -431,9 +434,9 @@ class Store:
     def get_many(self, ids: Sequence[uuid.UUID]) -> list[Any]:
         """The rows of these workflows (missing ones are left out)."""
         stmt = select(w).where(w.c.id.in_(ids))
-        return self._single(lambda c: c.execute(stmt).all())
+        return self._single(lambda c: list(c.execute(stmt)))
 
-    def list(
+    def list_workflows(
         self,
         *,
         machine: str | None = None,
@@ -449,12 +452,12 @@ class Store:
             stmt = stmt.where(w.c.status == status)
         if state:
             stmt = stmt.where(w.c.state == state)
-        return self._single(lambda c: c.execute(stmt).all())
+        return self._single(lambda c: list(c.execute(stmt)))
 
     def history(self, workflow_id: uuid.UUID) -> list[Any]:
         """History rows of one workflow, oldest first."""
         stmt = select(h).where(h.c.workflow_id == workflow_id).order_by(h.c.version)
-        return self._single(lambda c: c.execute(stmt).all())
+        return self._single(lambda c: list(c.execute(stmt)))
 
     def count_by_status(self, machine: str | None = None) -> dict[str, int]:
         """How many workflows are in each status."""
