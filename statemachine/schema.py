@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -35,9 +37,11 @@ __all__ = [
     "ACTIVE_STATUSES",
     "FINISHED_STATUSES",
     "STATUSES",
+    "events",
     "history",
     "metadata",
     "migrations_table",
+    "schedules",
     "workflows",
 ]
 
@@ -118,6 +122,8 @@ workflows = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Set (to who asked and why) when cancellation was requested and not yet carried out.
+    Column("cancel_requested", Text, nullable=True),
 )
 
 # Only rows that can come due are indexed (finished rows have wake_at NULL), so the claim query's
@@ -148,6 +154,36 @@ history = Table(
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("workflow_id", "version", name="sm_history_pkey"),
+)
+
+# The inbox: events sent to a workflow, buffered until a state accepts them, consumed atomically
+# with the transition they cause. `noticed` is false for rows inserted by plain SQL until a worker
+# has woken their workflow.
+events = Table(
+    "sm_events",
+    metadata,
+    Column("id", TextUUID, primary_key=True),
+    Column("workflow_id", TextUUID, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("data", JSONData, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),  # pending|consumed|rejected
+    Column("noticed", Boolean, nullable=False, server_default=false()),
+    Column("error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("consumed_at", UTCDateTime, nullable=True),
+    Column("consumed_version", BigInteger, nullable=True),
+)
+Index("sm_events_pending", events.c.workflow_id, events.c.created_at,
+      sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'"))
+Index("sm_events_unnoticed", events.c.created_at,
+      sqlite_where=text("noticed = 0"), postgresql_where=text("noticed = false"))
+
+schedules = Table(
+    "sm_schedules",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("last_tick", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 migrations_table = Table(

@@ -29,8 +29,6 @@ from sqlalchemy import (
     Engine,
     Interval,
     and_,
-    create_engine,
-    event,
     exists,
     func,
     insert,
@@ -41,11 +39,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import NullPool
 
 from .clock import Clock, SystemClock
+from .database import default_database_url, is_retryable, make_engine, short_error
 from .errors import StoreError
 from .schema import UTCDateTime, history, workflows
 
@@ -55,17 +52,6 @@ log = logging.getLogger("statemachine.store")
 T = TypeVar("T")
 w = workflows
 h = history
-
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-DEFAULT_URL = "sqlite:///statemachine.db"
-
-
-def default_database_url() -> str:
-    """``STATEMACHINE_DATABASE_URL`` if set, else a SQLite file in the current directory."""
-    import os
-
-    return os.environ.get("STATEMACHINE_DATABASE_URL") or DEFAULT_URL
-
 
 @attrs.frozen
 class ClaimedRow:
@@ -135,7 +121,7 @@ class Store:
         if isinstance(url, Engine):
             self.engine = url
         else:
-            self.engine = _make_engine(url or default_database_url(), isolation_level, pool_size)
+            self.engine = make_engine(url or default_database_url(), isolation_level, pool_size)
         self.dialect = self.engine.dialect.name
         self.is_sqlite = self.dialect == "sqlite"
         self.server_clock = clock is None and not self.is_sqlite
@@ -189,11 +175,11 @@ class Store:
                     with conn.begin():
                         return fn(conn)
             except DBAPIError as e:
-                if attempt >= self.max_retries or not _is_retryable(e):
-                    raise StoreError(f"database error: {_short(e)}") from e
+                if attempt >= self.max_retries or not is_retryable(e):
+                    raise StoreError(f"database error: {short_error(e)}") from e
                 attempt += 1
                 delay = min(1.0, 0.005 * 2**attempt) * (0.5 + random.random() / 2)
-                log.debug("retrying transaction after %s (attempt %d)", _short(e), attempt)
+                log.debug("retrying transaction after %s (attempt %d)", short_error(e), attempt)
                 time.sleep(delay)
 
     # -- time --------------------------------------------------------------------------------
@@ -488,53 +474,3 @@ def _scalar_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _is_retryable(e: DBAPIError) -> bool:
-    orig = e.orig
-    if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
-        return True
-    name = getattr(orig, "sqlite_errorname", "")
-    return name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "database is locked" in str(orig)
-
-
-def _short(e: DBAPIError) -> str:
-    text = str(e.orig) if e.orig is not None else str(e)
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
-
-
-def _make_engine(url: str, isolation_level: str | None, pool_size: int) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database in (None, "", ":memory:"):
-            raise StoreError("statemachine needs a SQLite file (sqlite:///path.db); in-memory "
-                             "databases cannot be shared by a worker's threads")
-        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30},
-                               poolclass=NullPool if pool_size == 0 else None)
-        _configure_sqlite(engine)
-        return engine
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if isolation_level and parsed.get_backend_name() == "postgresql":
-        # Set as the session default so single-statement (autocommit) work runs at it too.
-        level = isolation_level.lower().replace("_", " ")
-        options = " ".join(filter(None, [str(parsed.query.get("options", "")),
-                                         f"-c default_transaction_isolation='{level}'"]))
-        parsed = parsed.update_query_dict({"options": options})
-    return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    """WAL for concurrent readers, and BEGIN IMMEDIATE so a transaction takes the write lock up
-    front (a deferred one could fail to upgrade its lock half way, which retries cannot fix)."""
-
-    @event.listens_for(engine, "connect")
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
