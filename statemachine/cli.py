@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import click
 
 from .client import Client, WorkflowInfo
@@ -186,10 +187,15 @@ def _show(info: WorkflowInfo) -> None:
 
 @cli.command()
 @click.argument("workflow_id")
+@click.option("--app", default=None,
+              help="module:attr of the machine, to check that the stored data loads.")
 @click.pass_obj
-def show(obj: _Obj, workflow_id: str) -> None:
-    """Show one workflow."""
-    _show(Client(obj.store).get(workflow_id))
+def show(obj: _Obj, workflow_id: str, app: str | None) -> None:
+    """Show one workflow (with --app, also whether its data loads into its state class)."""
+    info = _client(obj, app).get(workflow_id)
+    if lookup_machine(info.machine) is None:  # not imported: nothing was checked, say nothing
+        info = attrs.evolve(info, load_error=None)
+    _show(info)
 
 
 @cli.command()
@@ -220,11 +226,30 @@ def retry(obj: _Obj, workflow_id: str) -> None:
 @cli.command()
 @click.argument("workflow_id")
 @click.option("--reason", default="cancelled from the CLI")
+@click.option("--app", default=None,
+              help="module:attr of the machine: without it, a worker carries the cancel out.")
 @click.pass_obj
-def cancel(obj: _Obj, workflow_id: str, reason: str) -> None:
-    """Cancel a workflow that is not running."""
-    version = Client(obj.store).cancel(workflow_id, reason=reason)
-    click.echo(f"workflow {workflow_id} cancelled (version {version})")
+def cancel(obj: _Obj, workflow_id: str, reason: str, app: str | None) -> None:
+    """Cancel a workflow (a running one after its handler finishes)."""
+    outcome = _client(obj, app).cancel(workflow_id, reason=reason)
+    click.echo(f"workflow {workflow_id} {outcome}" + (
+        "" if outcome == "cancelled" else " (a worker carries it out)"))
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.argument("event_type")
+@click.option("--data", default="{}", help="The event's fields, as JSON.")
+@click.option("--app", default=None, help="module:attr to import the machine from.")
+@click.pass_obj
+def send(obj: _Obj, workflow_id: str, event_type: str, data: str, app: str | None) -> None:
+    """Send an event of EVENT_TYPE to a workflow."""
+    try:
+        fields = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
+    event_id = _client(obj, app).send_data(workflow_id, event_type, fields)
+    click.echo(f"event {event_id} sent")
 
 
 @cli.command()

@@ -181,10 +181,46 @@ class Client:
         return self._change(workflow_id, ("failed",), "retry", "ready", wake_after=0.0,
                             cause="retry requested")
 
-    def cancel(self, workflow_id: WorkflowId, *, reason: str = "cancel requested") -> int:
-        """Cancel a workflow that is not running (ready, waiting, or parked)."""
-        return self._change(workflow_id, ("ready", "waiting", "failed"), "cancel", "cancelled",
-                            wake_after=None, cause=reason)
+    def cancel(self, workflow_id: WorkflowId, *, reason: str = "cancel requested") -> str:
+        """Cancel a workflow, whatever it is doing. Returns ``"cancelled"`` when it ended at once
+        (it was not running and its machine has no cancel route for its state), else
+        ``"requested"``: a worker carries it out, running the machine's cancel route
+        (compensation) if it has one, after a running handler finishes. Children are cancelled
+        with their parent. Recorded in history with `reason` (say who asked)."""
+        wid = _uuid(workflow_id)
+        info = self.get(wid)
+        codec = self._codec(info.machine)
+        direct = False
+        if codec is not None and info.state is not None:
+            direct = not codec.spec.cancel_applies(type(info.state))
+        outcome = self.store.request_cancel(wid, reason, direct=direct)
+        self.store.notify()
+        return outcome
+
+    def send(self, workflow_id: WorkflowId, event: object) -> uuid.UUID:
+        """Send `event` to a workflow; returns the event's id. The event waits in the
+        workflow's inbox (in order) until a state that accepts it consumes it, atomically with
+        the transition it causes. Raises `DataError` for an event type the machine does not
+        accept anywhere or data that does not fit, `InvalidOperation` if it has finished."""
+        wid = _uuid(workflow_id)
+        info = self.get(wid)
+        if info.finished:
+            raise InvalidOperation(f"workflow {wid} is {info.status}: it accepts no more events")
+        codec = self._codec(info.machine)
+        if codec is None:
+            raise UnknownMachine(f"machine {info.machine} is not known to this process")
+        name, data = codec.dump_event(event)
+        event_id = self.store.insert_event(wid, name, data)
+        self.store.notify()
+        return event_id
+
+    def send_data(self, workflow_id: WorkflowId, event_type: str, data: Any) -> uuid.UUID:
+        """`send` an event given by type name and JSON data (what the CLI does)."""
+        info = self.get(workflow_id)
+        codec = self._codec(info.machine)
+        if codec is None:
+            raise UnknownMachine(f"machine {info.machine} is not known to this process")
+        return self.send(info.id, codec.load_event(event_type, data))
 
     def force(self, workflow_id: WorkflowId, state: object, *, reason: str = "forced") -> int:
         """Put the workflow in `state` and make it due now, whatever it was doing (an in-flight

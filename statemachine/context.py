@@ -6,6 +6,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import attrs
 
@@ -33,6 +34,10 @@ class Context:
     log: logging.LoggerAdapter[logging.Logger]
     _clock: Clock = attrs.field(alias="clock")
     _extend: Callable[[float], None] = attrs.field(alias="extend")
+    _start_child: Callable[[Any, object, str | None], uuid.UUID] | None = attrs.field(
+        alias="start_child", default=None)
+    _cancel_check: Callable[[], str | None] | None = attrs.field(alias="cancel_check",
+                                                                default=None)
 
     def now(self) -> datetime:
         """The current time (aware UTC), read afresh."""
@@ -42,3 +47,18 @@ class Context:
         """Hold this workflow for `seconds` from now, for an action that will take long. (Leases
         are also renewed in the background while the worker process is alive.)"""
         self._extend(seconds)
+
+    def start_child(self, machine: Any, state: object, *, key: str | None = None) -> uuid.UUID:
+        """Start a child workflow of `machine` in `state` when this transition commits (never
+        before, never twice: a retried attempt starts its own children, the failed one's are
+        never written). Returns the child's id. Return a state with an `@on_children` handler to
+        wait for the children."""
+        if self._start_child is None:
+            raise RuntimeError("children can only be started from a handler run by a worker")
+        return self._start_child(machine, state, key)
+
+    @property
+    def cancel_requested(self) -> str | None:
+        """Who asked to cancel this workflow and why, if someone did while the handler runs
+        (read from the database on each access). Finish or stop early; the cancel route follows."""
+        return self._cancel_check() if self._cancel_check is not None else None

@@ -55,9 +55,10 @@ def make_engine(url: str, isolation_level: str | None, pool_size: int) -> Engine
         parsed = parsed.set(drivername="postgresql+psycopg")
     if isolation_level and parsed.get_backend_name() == "postgresql":
         # Set as the session default so single-statement (autocommit) work runs at it too.
-        level = isolation_level.lower().replace("_", " ")
+        # libpq keeps quotes in `options` literally; a space in a value is escaped instead.
+        level = isolation_level.lower().replace("_", " ").replace(" ", "\\ ")
         options = " ".join(filter(None, [str(parsed.query.get("options", "")),
-                                         f"-c default_transaction_isolation='{level}'"]))
+                                         f"-c default_transaction_isolation={level}"]))
         parsed = parsed.update_query_dict({"options": options})
     return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)
 

@@ -18,37 +18,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
 from types import FrameType
-from typing import Any
-
-import attrs
 
 from .clock import Clock
-from .context import Context
-from .definition import Failure, Machine, MachineSpec, StepHandler
-from .errors import DataError, StateMachineError, UnknownMachine
-from .outcome import (
-    describe_failure,
-    failure_change,
-    failure_text,
-    park_change,
-    transition_change,
-    unexpected_state_error,
-)
+from .definition import Machine
+from .errors import StateMachineError
+from .execution import Loaded, Runner
 from .serde import StateCodec
 from .store import Change, ClaimedRow, Store
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("statemachine.worker")
-
-
-@attrs.frozen
-class _Loaded:
-    machine: Machine
-    spec: MachineSpec
-    codec: StateCodec
 
 
 class Worker:
@@ -74,11 +55,11 @@ class Worker:
         `grace`: on stop, how long in-flight handlers may take to finish. `on_change` is called
         (in the handler's thread) with every change this worker commits and its new version."""
         self.store = store
-        self.machines: dict[str, _Loaded] = {}
+        self.machines: dict[str, Loaded] = {}
         for m in machines:
             instance = m() if isinstance(m, type) else m
             spec = type(instance).spec
-            self.machines[spec.name] = _Loaded(instance, spec, StateCodec(spec))
+            self.machines[spec.name] = Loaded(instance, spec, StateCodec(spec))
         if not self.machines:
             raise StateMachineError("a worker needs at least one machine")
         self.concurrency = concurrency
@@ -98,8 +79,10 @@ class Worker:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.on_change = on_change
-        self.transitions = 0  # committed by this worker
+        self.runner = Runner(
+            store, self.machines, worker=self.name, lease=lease, on_change=on_change,
+            sticky=lambda: self.sticky and not self._stopping.is_set(),
+            extend_lease=self._extend_lease)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -109,6 +92,9 @@ class Worker:
             raise StateMachineError("worker already started")
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sm-handler")
         self.store.subscribe(self.wake)
+        subscribe = getattr(self.clock, "subscribe", None)
+        if subscribe is not None:
+            subscribe(self.wake)  # a test's FakeClock: claim as soon as time moves
         for target, name in ((self._claim_loop, "sm-claimer"), (self._heartbeat, "sm-heartbeat")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -123,6 +109,9 @@ class Worker:
         self._wake.set()
         self._slot_free.set()
         self.store.unsubscribe(self.wake)
+        unsubscribe = getattr(self.clock, "unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe(self.wake)
         deadline = time.monotonic() + grace
         for t in self._threads[:1]:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -175,7 +164,14 @@ class Worker:
     def _claim_loop(self) -> None:
         names = list(self.machines)
         idle_wait = self.min_poll_interval
+        last_sweep = 0.0
         while not self._stopping.is_set():
+            if time.monotonic() - last_sweep >= self.poll_interval:
+                last_sweep = time.monotonic()
+                try:
+                    self.store.notice_sql_events()
+                except StateMachineError as e:
+                    log.warning("worker %s: event sweep failed: %s", self.name, e)
             with self._lock:
                 free = self.concurrency - len(self._futures)
             if free <= 0:
@@ -249,7 +245,7 @@ class Worker:
 
     def _run_safely(self, row: ClaimedRow) -> None:
         try:
-            self._run(row)
+            self.runner.run(row)
         except Exception:
             # A bug or a database outage: the lease will expire and another attempt will run.
             log.exception("worker %s: unexpected error running workflow %s", self.name, row.id)
@@ -257,128 +253,12 @@ class Worker:
             with self._lock:
                 self._inflight.pop(row.id, None)
 
-    def _run(self, row: ClaimedRow) -> None:
-        current: ClaimedRow | None = row
-        while current is not None:
-            current = self._step(current)
+    def _extend_lease(self, row: ClaimedRow, seconds: float) -> None:
+        with self._lock:
+            self._inflight[row.id] = (row.lease_token, max(seconds, self.lease))
+        self.store.renew_leases([row.id], row.lease_token, seconds)
 
-    def _step(self, row: ClaimedRow) -> ClaimedRow | None:
-        """Run one transition of `row`; returns the row to continue with (sticky), or None."""
-        loaded = self.machines[row.machine]
-        started = self.clock.now()
-        if row.external_change:
-            recorded = self._record_external_change(row)
-            if recorded is None:
-                return None
-            row = recorded
-        try:
-            state = loaded.codec.load(row.state, row.data, workflow=row.id)
-        except (DataError, UnknownMachine) as e:
-            return self._write(park_change(row, str(e), worker=self.name, started_at=started), row)
-        spec = loaded.spec
-        if spec.is_terminal(type(state)):
-            # Only an operator puts a terminal state in a runnable row: finish it.
-            return self._write(transition_change(
-                row, spec, row.state, row.data, terminal=True, worker=self.name,
-                started_at=started, continue_lease=None, kind="finished"), row)
-        handler = spec.steps[type(state)]
-        if row.previous_status == "running":
-            log.warning("workflow %s: attempt %d of %s was abandoned (worker lost); running again",
-                        row.id, row.attempt - 1, row.state)
-            if row.attempt > handler.retry.max_attempts:
-                failure = Failure(type="WorkerLost", attempt=row.attempt - 1, message=(
-                    f"{row.attempt - 1} attempts were abandoned (worker crashed or lost its "
-                    "lease); no attempts left"), permanent=True)
-                return self._failed_for_good(row, loaded, handler, state, failure, started)
-
-        ctx = self._context(row)
-        try:
-            result = handler.fn(loaded.machine, state, ctx)
-        except Exception as e:
-            failure = describe_failure(e, row.attempt, handler.retry.is_permanent(e))
-            change = failure_change(row, handler, failure, worker=self.name, started_at=started)
-            if change is not None:
-                log.info("workflow %s: %s failed (attempt %d), retrying: %s",
-                         row.id, row.state, row.attempt, failure)
-                return self._write(change, row)
-            return self._failed_for_good(row, loaded, handler, state, failure, started)
-        return self._commit_result(row, loaded, handler.name, handler.targets, result, started)
-
-    def _commit_result(
-        self, row: ClaimedRow, loaded: _Loaded, handler_name: str, allowed: tuple[type, ...],
-        result: object, started: datetime, *, kind: str = "transition", error: str | None = None,
-    ) -> ClaimedRow | None:
-        wrong = unexpected_state_error(handler_name, result, allowed)
-        if wrong is not None:
-            return self._write(park_change(row, f"workflow {row.id}: {wrong}", worker=self.name,
-                                           started_at=started), row)
-        try:
-            name, data = loaded.codec.dump(result)
-        except (DataError, Exception) as e:
-            return self._write(park_change(
-                row, f"workflow {row.id}: handler {handler_name!r} returned a state that does not "
-                f"serialize: {e}", worker=self.name, started_at=started), row)
-        terminal = loaded.spec.is_terminal(type(result))
-        sticky = self.lease if self.sticky and not self._stopping.is_set() else None
-        change = transition_change(row, loaded.spec, name, data, terminal=terminal,
-                                   worker=self.name, started_at=started, continue_lease=sticky,
-                                   kind=kind, error=error)
-        return self._write(change, row)
-
-    def _failed_for_good(
-        self, row: ClaimedRow, loaded: _Loaded, handler: StepHandler[Any], state: object,
-        failure: Failure, started: datetime,
-    ) -> ClaimedRow | None:
-        text = failure_text(failure)
-        route = handler.error_route
-        if route is None:
-            why = "permanent error" if failure.permanent else "no attempts left"
-            log.warning("workflow %s parked in %s (%s): %s", row.id, row.state, why, failure)
-            return self._write(park_change(row, text, worker=self.name, started_at=started), row)
-        try:
-            result = route.fn(loaded.machine, state, failure, self._context(row))
-        except Exception as e:
-            return self._write(park_change(
-                row, f"{text}\nerror route {route.fn.__name__!r} failed too: "
-                f"{type(e).__name__}: {e}", worker=self.name, started_at=started), row)
-        return self._commit_result(row, loaded, route.fn.__name__, route.targets, result, started,
-                                   kind="error_route", error=text)
-
-    def _write(self, change: Change, row: ClaimedRow) -> ClaimedRow | None:
-        version = self.store.apply(change)
-        if version is None:
-            log.warning("workflow %s: lease lost or row changed at version %d; result of %s "
-                        "discarded", row.id, row.version, row.state)
-            return None
-        self.transitions += 1
-        if self.on_change is not None:
-            self.on_change(change, version)
-        if change.keep_lease is None:
-            return None
-        return ClaimedRow(id=row.id, machine=row.machine, state=change.to_state, data=change.data,
-                          version=version, entered_version=version, attempt=1,
-                          lease_token=row.lease_token, previous_status="ready",
-                          external_change=False)
-
-    def _record_external_change(self, row: ClaimedRow) -> ClaimedRow | None:
-        ok = self.store.record_external_change(row, worker=self.name)
-        if not ok:
-            return None
-        log.info("workflow %s: version %d was written outside the engine (state %s)",
-                 row.id, row.version, row.state)
-        return attrs.evolve(row, entered_version=row.version, attempt=1, external_change=False)
-
-    def _context(self, row: ClaimedRow) -> Context:
-        def extend(seconds: float) -> None:
-            with self._lock:
-                self._inflight[row.id] = (row.lease_token, max(seconds, self.lease))
-            self.store.renew_leases([row.id], row.lease_token, seconds)
-
-        return Context(
-            workflow_id=row.id, machine=row.machine, state=row.state, attempt=row.attempt,
-            version=row.version, idempotency_key=f"{row.id}:{row.entered_version}",
-            worker=self.name,
-            log=logging.LoggerAdapter(logging.getLogger(f"statemachine.workflow.{row.machine}"),
-                                      {"workflow_id": str(row.id), "state": row.state}),
-            clock=self.clock, extend=extend)
-
+    @property
+    def transitions(self) -> int:
+        """Changes this worker has committed."""
+        return self.runner.transitions

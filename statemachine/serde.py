@@ -92,6 +92,34 @@ class StateCodec:
             raise DataError(f"state {name} did not serialize to an object")
         return name, data
 
+    def dump_event(self, event: object) -> tuple[str, dict[str, Any]]:
+        """(stored type name, JSON-ready fields) of an event this machine accepts somewhere;
+        `DataError` for an event class it does not know."""
+        cls = type(event)
+        name = state_name(cls)
+        if self.spec.event_types.get(name) is not cls:
+            known = ", ".join(sorted(self.spec.event_types)) or "none"
+            raise DataError(f"machine {self.spec.name} accepts no event {cls.__name__} "
+                            f"(its events: {known})")
+        data = self.converter.unstructure(event)
+        self.load_event(name, data)  # attrs does not check field types; the stored form must load
+        return name, data
+
+    def load_event(self, name: str, data: Any, *, workflow: object = None) -> object:
+        """The event object for a stored (type, data); `DataError` names what does not fit."""
+        where = f"workflow {workflow}: " if workflow is not None else ""
+        cls = self.spec.event_types.get(name)
+        if cls is None:
+            known = ", ".join(sorted(self.spec.event_types)) or "none"
+            raise DataError(f"{where}machine {self.spec.name} accepts no event named {name!r} "
+                            f"(its events: {known})")
+        if not isinstance(data, dict):
+            raise DataError(f"{where}event {name}: data must be a JSON object, got {data!r}")
+        try:
+            return self.converter.structure(data, cls)
+        except Exception as e:
+            raise DataError(f"{where}event {name}: {_describe(e, 'data')}") from e
+
     def load(self, name: str, data: Any, *, workflow: object = None) -> object:
         """The state object for a stored (name, data); `DataError` names what does not fit."""
         where = f"workflow {workflow}: " if workflow is not None else ""
