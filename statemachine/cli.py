@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -126,6 +127,13 @@ def worker(obj: _Obj, app: str, concurrency: int, lease: float, poll: float, gra
                poll_interval=poll, grace=grace, name=name)
     click.echo(f"worker {w.name} running {', '.join(w.machines)} (Ctrl-C to stop)", err=True)
     w.run()
+    if w.abandoned:
+        # Handlers outlived the grace; their workflows were given back. Exit now: a normal exit
+        # would join their threads, i.e. wait for them after all (for ever, if one hangs).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @cli.command()

@@ -18,7 +18,7 @@ from .errors import StoreError
 from .schema import migrations_table
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .store._base import StoreBase as Store
 
 __all__ = ["apply_migrations", "migration_files", "migrations_dir"]
 

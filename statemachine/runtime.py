@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from types import FrameType
 
 from .clock import Clock
@@ -78,6 +79,8 @@ class Worker:
         self._slot_free = threading.Event()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self._hurry = threading.Event()  # a second signal: stop waiting for handlers
+        self.abandoned = 0  # handlers still running when stop() gave their workflows back
         self._threads: list[threading.Thread] = []
         self.runner = Runner(
             store, self.machines, worker=self.name, lease=lease, on_change=on_change,
@@ -116,12 +119,14 @@ class Worker:
         for t in self._threads[:1]:
             t.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            futures = list(self._futures)
-        for f in futures:
-            try:
-                f.result(timeout=max(0.0, deadline - time.monotonic()))
-            except Exception:  # noqa: S110 - handler errors were logged where they happened
-                pass
+            pending = set(self._futures)
+        # Short slices, so that a second signal (`_hurry`) cuts the grace short.
+        while pending and not self._hurry.is_set() and time.monotonic() < deadline:
+            _, pending = wait_futures(pending, min(0.1, max(0.0, deadline - time.monotonic())))
+        self.abandoned = sum(not f.done() for f in pending)
+        if self.abandoned:
+            log.warning("worker %s: %d handlers still running, their workflows are given back",
+                        self.name, self.abandoned)
         self._release_all()
         self._stopped.set()
         for t in self._threads[1:]:
@@ -136,7 +141,7 @@ class Worker:
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             def on_signal(signum: int, _frame: FrameType | None) -> None:
                 if self._stopping.is_set():
-                    self.grace = 0.0
+                    self._hurry.set()
                 log.info("worker %s: signal %d, stopping", self.name, signum)
                 self._stopping.set()
                 self._wake.set()

@@ -97,7 +97,7 @@ class TextUUID(TypeDecorator[uuid.UUID]):
         return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
-JSONData = JSON().with_variant(JSONB(), "postgresql")
+JSONData = JSON().with_variant(JSONB(), "postgresql", "cockroachdb")
 
 metadata = MetaData()
 

@@ -1,0 +1,211 @@
+"""The store's foundation: engine, the retry wrapper, time as SQL, and plain reads."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Interval,
+    func,
+    literal,
+    literal_column,
+    select,
+)
+from sqlalchemy.exc import DBAPIError
+
+from ..clock import Clock, SystemClock
+from ..database import default_database_url, is_retryable, make_engine, short_error
+from ..errors import StoreError
+from ..schema import UTCDateTime, history, workflows
+
+__all__ = ["StoreBase"]
+
+log = logging.getLogger("statemachine.store")
+T = TypeVar("T")
+w = workflows
+h = history
+
+
+class StoreBase:
+    """Connections, transactions, time and reads; the statement groups build on it."""
+
+    def __init__(
+        self,
+        url: str | Engine | None = None,
+        *,
+        clock: Clock | None = None,
+        isolation_level: str | None = None,
+        pool_size: int = 10,
+        max_retries: int = 10,
+    ) -> None:
+        """`url`: a SQLAlchemy URL (``sqlite:///file.db``, ``postgresql+psycopg://...``,
+        ``cockroachdb+psycopg://...``) or an engine. `clock`: force a clock (tests); by default
+        servers use their own ``now()``. `isolation_level`: e.g. ``"SERIALIZABLE"`` for every
+        transaction on PostgreSQL (CockroachDB always is)."""
+        if isinstance(url, Engine):
+            self.engine = url
+        else:
+            self.engine = make_engine(url or default_database_url(), isolation_level, pool_size)
+        self.dialect = self.engine.dialect.name
+        self.is_sqlite = self.dialect == "sqlite"
+        self.server_clock = clock is None and not self.is_sqlite
+        self.clock: Clock = clock or SystemClock()
+        self.max_retries = max_retries
+        self._listeners: list[Callable[[], None]] = []
+        self._autocommit = (
+            self.engine if self.is_sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    # -- in-process wake-ups ------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever work is started or changed through this store object."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        """Stop calling `listener`."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def notify(self) -> None:
+        """Wake this process's workers: there is new work."""
+        for listener in list(self._listeners):
+            listener()
+
+    # -- transactions ------------------------------------------------------------------------
+
+    def transaction(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in a fresh transaction, retrying the whole of it on a serialization failure
+        (SQLSTATE 40001/40P01, or SQLite busy) with capped exponential backoff and jitter.
+        `fn` must be safe to run again: database work only, no outside I/O."""
+        return self._retrying(fn, self.engine, transactional=True)
+
+    def _single(self, fn: Callable[[Connection], T]) -> T:
+        """Run one statement as its own transaction (autocommit on servers: one round trip)."""
+        return self._retrying(fn, self._autocommit, transactional=self.is_sqlite)
+
+    def _retrying(self, fn: Callable[[Connection], T], engine: Engine, transactional: bool) -> T:
+        attempt = 0
+        while True:
+            try:
+                with engine.connect() as conn:
+                    if not transactional:
+                        return fn(conn)
+                    with conn.begin():
+                        return fn(conn)
+            except DBAPIError as e:
+                if attempt >= self.max_retries or not is_retryable(e):
+                    raise StoreError(f"database error: {short_error(e)}") from e
+                attempt += 1
+                delay = min(1.0, 0.005 * 2**attempt) * (0.5 + random.random() / 2)
+                log.debug("retrying transaction after %s (attempt %d)", short_error(e), attempt)
+                time.sleep(delay)
+
+    # -- time --------------------------------------------------------------------------------
+
+    def now(self) -> ColumnElement[datetime]:
+        """The current time as SQL: the server's ``now()``, or the store clock's time."""
+        if self.server_clock:
+            return func.now()
+        return literal(self.clock.now(), UTCDateTime())
+
+    def later(self, seconds: float) -> ColumnElement[datetime]:
+        """``now() + seconds`` as SQL."""
+        if self.server_clock:
+            return func.now() + literal(timedelta(seconds=seconds), Interval())
+        return literal(self.clock.now() + timedelta(seconds=seconds), UTCDateTime())
+
+    def current_time(self) -> datetime:
+        """The time the store schedules by, read now."""
+        if not self.server_clock:
+            return self.clock.now()
+        now: datetime = self._single(lambda c: c.execute(select(func.now())).scalar_one())
+        return now
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Apply the pending migrations; returns the versions applied now. Idempotent."""
+        from ..migrate import apply_migrations
+
+        return apply_migrations(self)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, workflow_id: uuid.UUID) -> Any:
+        """The workflow row, or None."""
+        stmt = select(w).where(w.c.id == workflow_id)
+        return self._single(lambda c: c.execute(stmt).first())
+
+    def get_many(self, ids: Sequence[uuid.UUID]) -> list[Any]:
+        """The rows of these workflows (missing ones are left out)."""
+        stmt = select(w).where(w.c.id.in_(ids))
+        return self._single(lambda c: list(c.execute(stmt)))
+
+    def list_workflows(
+        self,
+        *,
+        machine: str | None = None,
+        status: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+    ) -> list[Any]:
+        """Workflow rows, newest first, filtered by machine, status and state."""
+        stmt = select(w).order_by(w.c.created_at.desc(), w.c.id).limit(limit)
+        if machine:
+            stmt = stmt.where(w.c.machine == machine)
+        if status:
+            stmt = stmt.where(w.c.status == status)
+        if state:
+            stmt = stmt.where(w.c.state == state)
+        return self._single(lambda c: list(c.execute(stmt)))
+
+    def history(self, workflow_id: uuid.UUID) -> list[Any]:
+        """History rows of one workflow, oldest first."""
+        stmt = select(h).where(h.c.workflow_id == workflow_id).order_by(h.c.version)
+        return self._single(lambda c: list(c.execute(stmt)))
+
+    def count_by_status(self, machine: str | None = None) -> dict[str, int]:
+        """How many workflows are in each status."""
+        stmt = select(w.c.status, func.count()).group_by(w.c.status)
+        if machine:
+            stmt = stmt.where(w.c.machine == machine)
+        return self._single(lambda c: {r[0]: int(r[1]) for r in c.execute(stmt)})
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A plain connection, for tests and tools that run their own SQL."""
+        with self.engine.connect() as conn:
+            yield conn
+
+
+def _headline(error: str | None) -> str | None:
+    """What `last_error` keeps of an error: its text without the traceback."""
+    return None if error is None else error.split("\nTraceback", 1)[0]
+
+
+def _bind(column: Any, value: Any) -> Any:
+    if isinstance(value, ColumnElement):
+        return value
+    return literal(value, column.type) if value is not None else literal_column("NULL")
+
+
+def _scalar_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+

@@ -1,0 +1,280 @@
+"""Starting, claiming and committing workflows: the hot path."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    case,
+    exists,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ..errors import StoreError
+from ..schema import UTCDateTime, history, workflows
+from ..schema import events as ev
+from ._base import StoreBase, _bind, _headline
+from ._rows import Change, ChildStart, ClaimedRow, Committed
+
+__all__ = ["WorkflowStatements"]
+
+w = workflows
+h = history
+
+
+class WorkflowStatements(StoreBase):
+    """Start, claim, renew, release, commit."""
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def insert_workflow(
+        self,
+        *,
+        machine: str,
+        state: str,
+        data: Any,
+        key: str | None = None,
+        parent_id: uuid.UUID | None = None,
+        wake_after: float = 0.0,
+    ) -> tuple[uuid.UUID, bool]:
+        """Insert a new workflow and its first history row; returns (id, created). With a `key`
+        already used for this machine, returns the existing workflow's id and ``created=False``."""
+
+        def run(conn: Connection) -> tuple[uuid.UUID, bool]:
+            new_id = uuid.uuid4()
+            now = self.now()
+            values = dict(
+                id=new_id, machine=machine, state=state, data=data, status="ready", version=1,
+                entered_version=1, attempt=0, wake_at=self.later(wake_after), key=key,
+                parent_id=parent_id, created_at=now, updated_at=now,
+            )
+            if key is None:
+                conn.execute(insert(w).values(**values))
+            else:
+                ins = (pg_insert(w) if not self.is_sqlite else sqlite_insert(w)).values(**values)
+                ins = ins.on_conflict_do_nothing(
+                    index_elements=[w.c.machine, w.c.key], index_where=w.c.key.is_not(None))
+                if conn.execute(ins.returning(w.c.id)).first() is None:
+                    existing = conn.execute(
+                        select(w.c.id).where(w.c.machine == machine, w.c.key == key)).scalar_one()
+                    return existing, False
+            conn.execute(insert(h).values(
+                workflow_id=new_id, version=1, kind="start", from_state=None, to_state=state,
+                data=data, status="ready", attempt=0, finished_at=now,
+                cause=f"key={key}" if key else None))
+            return new_id, True
+
+        return self.transaction(run)
+
+    def insert_workflows(self, machine: str, rows: Sequence[tuple[str, Any]]) -> list[uuid.UUID]:
+        """Start many workflows of one machine in one transaction (no keys); returns their ids."""
+        ids = [uuid.uuid4() for _ in rows]
+
+        def run(conn: Connection) -> list[uuid.UUID]:
+            now = self.current_time() if self.server_clock else self.clock.now()
+            conn.execute(insert(w), [
+                dict(id=i, machine=machine, state=s, data=d, status="ready", version=1,
+                     entered_version=1, attempt=0, wake_at=now, key=None, parent_id=None,
+                     created_at=now, updated_at=now)
+                for i, (s, d) in zip(ids, rows, strict=True)])
+            conn.execute(insert(h), [
+                dict(workflow_id=i, version=1, kind="start", from_state=None, to_state=s, data=d,
+                     status="ready", attempt=0, finished_at=now)
+                for i, (s, d) in zip(ids, rows, strict=True)])
+            return ids
+
+        return self.transaction(run)
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    def claim(
+        self, *, owner: str, machines: Sequence[str], limit: int, lease: float
+    ) -> list[ClaimedRow]:
+        """Take up to `limit` due workflows of `machines` (ready and due, or running with an
+        expired lease) and lease them to `owner` for `lease` seconds; attempt is counted up."""
+        if limit <= 0 or not machines:
+            return []
+        token = uuid.uuid4().hex
+        recorded = exists().where(h.c.workflow_id == w.c.id, h.c.version == w.c.version)
+        lease_values = dict(
+            status="running", lease_token=token, lease_owner=owner, wake_at=self.later(lease),
+            attempt=w.c.attempt + 1, updated_at=self.now())
+
+        def due(now: ColumnElement[datetime]) -> Any:
+            return and_(w.c.wake_at.is_not(None), w.c.wake_at <= now,
+                        w.c.status.in_(("ready", "running", "waiting")),
+                        w.c.machine.in_(machines))
+
+        if self.is_sqlite:
+            def run_sqlite(conn: Connection) -> list[ClaimedRow]:
+                rows = conn.execute(
+                    select(w.c.id, w.c.machine, w.c.state, w.c.data, w.c.version,
+                           w.c.entered_version, w.c.attempt, w.c.status, recorded.label("rec"),
+                           w.c.parent_id, w.c.cancel_requested)
+                    .where(due(self.now())).order_by(w.c.wake_at).limit(limit)).all()
+                if not rows:
+                    return []
+                ids = [r.id for r in rows]
+                conn.execute(update(w).where(w.c.id.in_(ids)).values(**lease_values))
+                return [ClaimedRow(r.id, r.machine, r.state, r.data, r.version, r.entered_version,
+                                   r.attempt + 1, token, r.status, not r.rec, r.parent_id,
+                                   r.cancel_requested) for r in rows]
+
+            return self.transaction(run_sqlite)
+
+        picked = (
+            select(w.c.id, w.c.status).where(due(self.now())).order_by(w.c.wake_at).limit(limit)
+            .with_for_update(skip_locked=True).subquery("picked"))
+        stmt = (
+            update(w).where(w.c.id == picked.c.id).values(**lease_values)
+            .returning(w.c.id, w.c.machine, w.c.state, w.c.data, w.c.version, w.c.entered_version,
+                       w.c.attempt, picked.c.status, recorded.label("rec"), w.c.parent_id,
+                       w.c.cancel_requested))
+
+        def run(conn: Connection) -> list[ClaimedRow]:
+            return [ClaimedRow(r.id, r.machine, r.state, r.data, r.version, r.entered_version,
+                               r.attempt, token, r.status, not r.rec, r.parent_id,
+                               r.cancel_requested)
+                    for r in conn.execute(stmt)]
+
+        return self._single(run)
+
+    def renew_leases(self, ids: Sequence[uuid.UUID], token: str, lease: float) -> set[uuid.UUID]:
+        """Push the lease expiry of rows this worker still holds; returns the ids still held."""
+        if not ids:
+            return set()
+        stmt = (update(w).where(w.c.id.in_(ids), w.c.lease_token == token, w.c.status == "running")
+                .values(wake_at=self.later(lease)).returning(w.c.id))
+        return self._single(lambda c: {r.id for r in c.execute(stmt)})
+
+    def release(self, ids: Sequence[uuid.UUID], token: str) -> int:
+        """Give rows back (shutdown): due at once, for any worker; attempt not counted."""
+        if not ids:
+            return 0
+        stmt = (update(w).where(w.c.id.in_(ids), w.c.lease_token == token, w.c.status == "running")
+                .values(status="ready", wake_at=self.now(), lease_token=None, lease_owner=None,
+                        attempt=w.c.attempt - 1, updated_at=self.now())
+                .returning(w.c.id))
+        return self._single(lambda c: len(c.execute(stmt).all()))
+
+    # -- writing changes -------------------------------------------------------------------------
+
+    def apply(self, change: Change) -> int | None:
+        """Compare-and-set the row and append history in one atomic step; returns the new version,
+        or None when the row no longer matches (lease lost, or changed by an operator)."""
+        done = self.commit(change)
+        return None if done is None else done.version
+
+    def commit(self, change: Change) -> Committed | None:
+        """`apply`, also reporting a cancellation request that arrived meanwhile. A plain change
+        is one statement on servers; one with events, children or a parent is one transaction."""
+        if self.is_sqlite or not change.simple:
+            return self.transaction(lambda conn: self.commit_in(conn, change))
+        upd, hist = self._change_statements(change)
+        u = upd.returning(w.c.id, w.c.version, w.c.cancel_requested).cte("u")
+        i = insert(h).from_select(
+            ["workflow_id", "version", *hist],
+            select(u.c.id, u.c.version, *[_bind(h.c[k], v) for k, v in hist.items()]),
+        ).returning(h.c.version).cte("i")
+        stmt = select(u.c.version, u.c.cancel_requested).select_from(
+            u.join(i, i.c.version == u.c.version))
+        row = self._single(lambda conn: conn.execute(stmt).first())
+        return None if row is None else Committed(int(row.version), row.cancel_requested)
+
+    def commit_in(self, conn: Connection, change: Change) -> Committed | None:
+        """`commit` inside the caller's transaction."""
+        c = change
+        upd, hist = self._change_statements(c)
+        row = conn.execute(upd.returning(w.c.version, w.c.cancel_requested)).first()
+        if row is None:
+            return None
+        version = int(row.version)
+        conn.execute(insert(h).values(workflow_id=c.workflow_id, version=version, **hist))
+        if c.consume_event is not None:
+            consumed = conn.execute(
+                update(ev).where(ev.c.id == c.consume_event, ev.c.status == "pending")
+                .values(status="consumed", consumed_at=self.now(), consumed_version=version)
+                .returning(ev.c.id)).first()
+            if consumed is None:
+                raise StoreError(f"event {c.consume_event} was consumed twice")  # rolls back
+        if c.children:
+            self._insert_children(conn, c.workflow_id, c.children)
+        if c.wake_parent is not None:
+            self._wake(conn, [c.wake_parent])
+        if c.cancel_children is not None:
+            self._cancel_children(conn, c.workflow_id, c.cancel_children)
+        return Committed(version, None if c.clear_cancel else row.cancel_requested)
+
+    def apply_in(self, conn: Connection | None, change: Change) -> int | None:
+        """`apply` inside the caller's transaction (`conn`), or in its own when `conn` is None."""
+        done = self.commit(change) if conn is None else self.commit_in(conn, change)
+        return None if done is None else done.version
+
+    def _change_statements(self, c: Change) -> tuple[Any, dict[str, Any]]:
+        conds = [w.c.id == c.workflow_id, w.c.version == c.version]
+        if c.lease_token is not None:
+            conds.append(w.c.lease_token == c.lease_token)
+        if c.expect_status:
+            conds.append(w.c.status.in_(c.expect_status))
+        values: dict[str, Any] = dict(
+            state=c.to_state, data=c.data, status=c.status, version=w.c.version + 1,
+            updated_at=self.now(), last_error=_headline(c.error))
+        if c.keep_lease is not None:
+            values.update(status="running", wake_at=self.later(c.keep_lease), attempt=1)
+        else:
+            if c.wake_at is not None:
+                wake: Any = literal(c.wake_at, UTCDateTime())
+            else:
+                wake = None if c.wake_after is None else self.later(c.wake_after)
+            values.update(lease_token=None, lease_owner=None, wake_at=wake)
+            if c.new_state or c.reset_attempts:
+                values["attempt"] = 0
+        if c.new_state:
+            values["entered_version"] = w.c.version + 1
+        if c.clear_cancel:
+            values["cancel_requested"] = None
+        hist = dict(
+            kind=c.kind, from_state=c.from_state, to_state=c.to_state, data=c.data,
+            status=c.status, cause=c.cause, attempt=c.attempt, error=c.error, worker=c.worker,
+            started_at=c.started_at, finished_at=self.now())
+        return update(w).where(*conds).values(**values), hist
+
+    def _insert_children(self, conn: Connection, parent: uuid.UUID,
+                         children: Sequence[ChildStart]) -> None:
+        now = self.now()
+        for child in children:
+            values = dict(
+                id=child.id, machine=child.machine, state=child.state, data=child.data,
+                status="ready", version=1, entered_version=1, attempt=0,
+                wake_at=None if child.queued else now, key=child.key, parent_id=parent,
+                created_at=now, updated_at=now)
+            conn.execute(insert(w).values(**values))
+            conn.execute(insert(h).values(
+                workflow_id=child.id, version=1, kind="start", from_state=None,
+                to_state=child.state, data=child.data, status="ready", attempt=0,
+                cause=f"child of {parent}", finished_at=now))
+
+    def _wake(self, conn: Connection, ids: Sequence[uuid.UUID]) -> None:
+        """Make waiting workflows due now. Touching the row even when it is not waiting takes its
+        lock, so a worker settling it concurrently sees the news (see `settle_waiting`)."""
+        conn.execute(update(w).where(w.c.id.in_(ids)).values(
+            wake_at=case((w.c.status == "waiting", self.now()), else_=w.c.wake_at)))
+
+    def _cancel_children(self, conn: Connection, parent: uuid.UUID, reason: str) -> None:
+        conn.execute(update(w).where(
+            w.c.parent_id == parent, w.c.status.in_(("ready", "running", "waiting")),
+            w.c.cancel_requested.is_(None),
+        ).values(cancel_requested=reason, wake_at=case(
+            (w.c.status.in_(("ready", "waiting")), self.now()), else_=w.c.wake_at)))
+
