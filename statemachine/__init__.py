@@ -8,7 +8,20 @@ with a `Worker` inside your own process.
 from .client import Client, HistoryEntry, WorkflowInfo
 from .clock import Clock, SystemClock
 from .context import Context
-from .definition import Failure, Machine, RetryPolicy, state_name, step
+from .definition import (
+    ChildResult,
+    Delayed,
+    Failure,
+    Machine,
+    RetryPolicy,
+    later,
+    on_cancel,
+    on_children,
+    on_event,
+    on_timeout,
+    state_name,
+    step,
+)
 from .errors import (
     DataError,
     InvalidDefinition,
@@ -21,22 +34,29 @@ from .errors import (
     WaitTimeout,
     WorkflowNotFound,
 )
+from .limits import Limit, RetryAfter
 from .runtime import Worker
+from .schedules import Schedule
 from .store import Store
 
 __all__ = [
+    "ChildResult",
     "Client",
     "Clock",
     "Context",
     "DataError",
+    "Delayed",
     "Failure",
     "HistoryEntry",
     "InvalidDefinition",
     "InvalidOperation",
     "LeaseLost",
+    "Limit",
     "Machine",
     "PermanentError",
+    "RetryAfter",
     "RetryPolicy",
+    "Schedule",
     "StateMachineError",
     "Store",
     "StoreError",
@@ -46,6 +66,11 @@ __all__ = [
     "Worker",
     "WorkflowInfo",
     "WorkflowNotFound",
+    "later",
+    "on_cancel",
+    "on_children",
+    "on_event",
+    "on_timeout",
     "state_name",
     "step",
 ]

@@ -24,6 +24,7 @@ from .client import Client, WorkflowInfo
 from .definition import Machine, lookup_machine
 from .errors import StateMachineError, UnknownMachine
 from .runtime import Worker
+from .schedules import Schedule
 from .serde import StateCodec
 from .store import Change, Store, default_database_url
 
@@ -43,8 +44,8 @@ class _Obj:
         return self._store
 
 
-def load_machines(spec: str) -> list[Machine | type[Machine]]:
-    """Import ``module:attr`` (or a bare module) and return the machines it names."""
+def _import_app(spec: str) -> list[Any]:
+    """Import ``module:attr`` (or a bare module): the objects it names (or defines)."""
     module_name, _, attr = spec.partition(":")
     sys.path.insert(0, ".")
     try:
@@ -52,13 +53,9 @@ def load_machines(spec: str) -> list[Machine | type[Machine]]:
     except ImportError as e:
         raise click.UsageError(f"--app {spec}: cannot import {module_name!r}: {e}") from e
     if not attr:
-        found: list[Machine | type[Machine]] = [
-            v for v in vars(module).values()
-            if isinstance(v, type) and issubclass(v, Machine) and hasattr(v, "spec")
-            and v.__module__ == module.__name__]
-        if not found:
-            raise click.UsageError(f"--app {spec}: module defines no machine")
-        return found
+        return [v for v in vars(module).values()
+                if (isinstance(v, type) and issubclass(v, Machine) and hasattr(v, "spec")
+                    and v.__module__ == module.__name__) or isinstance(v, Schedule)]
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -69,9 +66,22 @@ def load_machines(spec: str) -> list[Machine | type[Machine]]:
     items = list(target) if isinstance(target, list | tuple) else [target]
     for item in items:
         is_class = isinstance(item, type) and issubclass(item, Machine)
-        if not (isinstance(item, Machine) or is_class):
-            raise click.UsageError(f"--app {spec}: {item!r} is not a machine")
+        if not (isinstance(item, Machine | Schedule) or is_class):
+            raise click.UsageError(f"--app {spec}: {item!r} is not a machine or schedule")
     return items
+
+
+def load_machines(spec: str) -> list[Machine | type[Machine]]:
+    """The machines (classes or instances) that ``--app module:attr`` names or defines."""
+    found = [m for m in _import_app(spec) if not isinstance(m, Schedule)]
+    if not found:
+        raise click.UsageError(f"--app {spec}: names no machine")
+    return found
+
+
+def load_schedules(spec: str) -> list[Schedule]:
+    """The schedules that ``--app module:attr`` names or defines."""
+    return [s for s in _import_app(spec) if isinstance(s, Schedule)]
 
 
 def _machine(obj: _Obj, name: str, app: str | None) -> type[Machine]:
@@ -124,7 +134,7 @@ def worker(obj: _Obj, app: str, concurrency: int, lease: float, poll: float, gra
     if not obj.debug:
         logging.getLogger("statemachine").setLevel(logging.INFO)
     w = Worker(obj.store, load_machines(app), concurrency=concurrency, lease=lease,
-               poll_interval=poll, grace=grace, name=name)
+               poll_interval=poll, grace=grace, name=name, schedules=load_schedules(app))
     click.echo(f"worker {w.name} running {', '.join(w.machines)} (Ctrl-C to stop)", err=True)
     w.run()
     if w.abandoned:
@@ -258,6 +268,22 @@ def send(obj: _Obj, workflow_id: str, event_type: str, data: str, app: str | Non
         raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
     event_id = _client(obj, app).send_data(workflow_id, event_type, fields)
     click.echo(f"event {event_id} sent")
+
+
+@cli.command()
+@click.option("--app", required=True, help="module:attr naming the schedules (and machines).")
+@click.pass_obj
+def schedules(obj: _Obj, app: str) -> None:
+    """List schedules with their last and next run."""
+    found = load_schedules(app)
+    if not found:
+        raise click.UsageError(f"--app {app}: names no schedule")
+    last = obj.store.schedule_ticks()
+    now = obj.store.current_time()
+    _table([(s.name, s.cron, s.timezone, s.machine.spec.name, s.missed,
+             _when(last.get(s.name)), _when(s.next_tick(max(now, last.get(s.name) or now))))
+            for s in found],
+           ["NAME", "CRON", "TIMEZONE", "MACHINE", "MISSED", "LAST TICK", "NEXT RUN (UTC)"])
 
 
 @cli.command()

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, Union, overload
 import attrs
 
 from .errors import InvalidDefinition, PermanentError
+from .limits import Limit
 
 __all__ = [
     "ChildResult",
@@ -169,10 +170,13 @@ class StepHandler(Generic[F]):
     """A handler as declared on a machine: what `@step`, `@on_event`, `@on_timeout`,
     `@on_children` and `@on_cancel` return. `kind` says which."""
 
-    def __init__(self, fn: F, retry: RetryPolicy | None, kind: HandlerKind = "step") -> None:
+    def __init__(self, fn: F, retry: RetryPolicy | None, kind: HandlerKind = "step",
+                 limit: Limit | None = None) -> None:
         self.fn = fn
         self.kind: HandlerKind = kind
         self.retry = retry or DEFAULT_RETRY
+        # Concurrency / rate limit shared with other handlers using the same key.
+        self.limit = limit
         self.error_route: ErrorRoute | None = None
         self.name = fn.__name__
         # Filled in by the machine's validation.
@@ -205,20 +209,23 @@ class StepHandler(Generic[F]):
 @overload
 def step(fn: F, /) -> StepHandler[F]: ...
 @overload
-def step(*, retry: RetryPolicy | None = None) -> Callable[[F], StepHandler[F]]: ...
 def step(
-    fn: F | None = None, /, *, retry: RetryPolicy | None = None
+    *, retry: RetryPolicy | None = None, limit: Limit | None = None
+) -> Callable[[F], StepHandler[F]]: ...
+def step(
+    fn: F | None = None, /, *, retry: RetryPolicy | None = None, limit: Limit | None = None
 ) -> StepHandler[F] | Callable[[F], StepHandler[F]]:
     """Mark a method as the step handler of the state its first parameter is annotated with.
 
     The handler runs one side-effecting action and returns the next state; its return annotation
     declares every state it may return. Use bare (``@step``) or with options (``@step(retry=...)``).
+    `limit` caps how many run at once / per second across workflows (see `Limit`).
     """
     if fn is not None:
-        return StepHandler(fn, retry)
+        return StepHandler(fn, retry, limit=limit)
 
     def decorate(f: F) -> StepHandler[F]:
-        return StepHandler(f, retry)
+        return StepHandler(f, retry, limit=limit)
 
     return decorate
 
@@ -226,17 +233,19 @@ def step(
 @overload
 def on_event(fn: F, /) -> StepHandler[F]: ...
 @overload
-def on_event(*, retry: RetryPolicy | None = None) -> Callable[[F], StepHandler[F]]: ...
 def on_event(
-    fn: F | None = None, /, *, retry: RetryPolicy | None = None
+    *, retry: RetryPolicy | None = None, limit: Limit | None = None
+) -> Callable[[F], StepHandler[F]]: ...
+def on_event(
+    fn: F | None = None, /, *, retry: RetryPolicy | None = None, limit: Limit | None = None
 ) -> StepHandler[F] | Callable[[F], StepHandler[F]]:
     """Handle an event in a waiting state: ``fn(self, state: Waiting, event: SomeEvent, ctx) ->
     Next``. Events that arrive before the workflow waits for them are buffered, in order."""
     if fn is not None:
-        return StepHandler(fn, retry, "event")
+        return StepHandler(fn, retry, "event", limit)
 
     def decorate(f: F) -> StepHandler[F]:
-        return StepHandler(f, retry, "event")
+        return StepHandler(f, retry, "event", limit)
 
     return decorate
 

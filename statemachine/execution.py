@@ -9,6 +9,7 @@ rules of what an outcome does (retry, error route, park) live in `outcome`; the 
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from .clock import Clock
 from .context import Context
 from .definition import ChildResult, Delayed, Failure, Machine, MachineSpec, StepHandler, state_name
 from .errors import DataError, StateMachineError, UnknownMachine
+from .limits import Limit, RetryAfter
 from .outcome import (
     describe_failure,
     failure_change,
@@ -122,6 +124,28 @@ class Runner:
                 return self._failed_for_good(row, loaded, handler, state, failure, started)
         return self._invoke(row, loaded, handler, state, (), started)
 
+    # -- limits ------------------------------------------------------------------------------
+
+    def _acquire(
+        self, row: ClaimedRow, limit: Limit, state: object
+    ) -> tuple[str, int | None] | float:
+        """Take what `limit` asks for: (key, slot) to release after the handler, or the seconds
+        to wait (nothing held) when the key is at its limit."""
+        key = limit.key_for(state)
+        slot: int | None = None
+        if limit.concurrency is not None:
+            slot = self.store.acquire_slot(key, limit.concurrency, row.id, self.lease)
+            if slot is None:
+                return 0.05 + random.random() * 0.15
+        if limit.per_second is not None:
+            count, window = limit.window
+            wait = self.store.take_start(key, count, window)
+            if wait > 0:
+                if slot is not None:
+                    self.store.release_slot(key, slot, row.id)
+                return wait + random.random() * 0.01
+        return key, slot
+
     # -- running a handler -------------------------------------------------------------------
 
     def _invoke(
@@ -130,10 +154,37 @@ class Runner:
         cause: str | None = None, extra: dict[str, Any] | None = None,
     ) -> ClaimedRow | None:
         """Run `handler(state, *args, ctx)` and commit its outcome (next state or failure)."""
+        held: tuple[str, int | None] | None = None
+        if handler.limit is not None:
+            acquired = self._acquire(row, handler.limit, state)
+            if isinstance(acquired, float):
+                self.store.defer(row, acquired)
+                return None
+            held = acquired
+        try:
+            return self._run_handler(row, loaded, handler, state, args, started, kind=kind,
+                                     cause=cause, extra=extra)
+        finally:
+            if held is not None and held[1] is not None:
+                self.store.release_slot(held[0], held[1], row.id)
+
+    def _run_handler(
+        self, row: ClaimedRow, loaded: Loaded, handler: StepHandler[Any], state: object,
+        args: tuple[object, ...], started: datetime, *, kind: str,
+        cause: str | None, extra: dict[str, Any] | None,
+    ) -> ClaimedRow | None:
         pending = _Pending()
         ctx = self._context(row, pending)
         try:
             result = handler.fn(loaded.machine, state, *args, ctx)
+        except RetryAfter as e:
+            log.info("workflow %s: %s asked to retry after %.3gs", row.id, row.state, e.seconds)
+            return self._write(Change(
+                workflow_id=row.id, version=row.version, lease_token=row.lease_token,
+                kind="rescheduled", from_state=row.state, to_state=row.state, data=row.data,
+                status="ready", attempt=row.attempt, wake_after=e.seconds, new_state=False,
+                uncount_attempt=True, error=f"{type(e).__name__}: {e}", worker=self.worker,
+                started_at=started), row)
         except Exception as e:
             failure = describe_failure(e, row.attempt, handler.retry.is_permanent(e))
             change = failure_change(row, handler, failure, worker=self.worker, started_at=started)

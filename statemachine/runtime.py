@@ -25,6 +25,7 @@ from .clock import Clock
 from .definition import Machine
 from .errors import StateMachineError
 from .execution import Loaded, Runner
+from .schedules import Schedule, run_schedule
 from .serde import StateCodec
 from .store import Change, ClaimedRow, Store
 
@@ -49,12 +50,14 @@ class Worker:
         sticky: bool = True,
         name: str | None = None,
         on_change: Callable[[Change, int], None] | None = None,
+        schedules: Iterable[Schedule] = (),
     ) -> None:
         """`concurrency`: handlers run at once (threads). `lease`: seconds a claimed workflow is
         held before another worker may take it over (renewed while the handler runs).
         `poll_interval`: the longest wait between claims when idle (it shrinks when busy).
         `grace`: on stop, how long in-flight handlers may take to finish. `on_change` is called
-        (in the handler's thread) with every change this worker commits and its new version."""
+        (in the handler's thread) with every change this worker commits and its new version.
+        `schedules` are checked every poll interval (any number of workers may share them)."""
         self.store = store
         self.machines: dict[str, Loaded] = {}
         for m in machines:
@@ -82,6 +85,7 @@ class Worker:
         self._hurry = threading.Event()  # a second signal: stop waiting for handlers
         self.abandoned = 0  # handlers still running when stop() gave their workflows back
         self._threads: list[threading.Thread] = []
+        self.schedules = list(schedules)
         self.runner = Runner(
             store, self.machines, worker=self.name, lease=lease, on_change=on_change,
             sticky=lambda: self.sticky and not self._stopping.is_set(),
@@ -175,8 +179,10 @@ class Worker:
                 last_sweep = time.monotonic()
                 try:
                     self.store.notice_sql_events()
+                    for schedule in self.schedules:
+                        run_schedule(self.store, schedule)
                 except StateMachineError as e:
-                    log.warning("worker %s: event sweep failed: %s", self.name, e)
+                    log.warning("worker %s: event sweep or schedule failed: %s", self.name, e)
             with self._lock:
                 free = self.concurrency - len(self._futures)
             if free <= 0:
@@ -231,6 +237,10 @@ class Worker:
                     continue
                 for lost in set(ids) - kept:
                     log.warning("worker %s: lost the lease of workflow %s", self.name, lost)
+            try:
+                self.store.renew_slots(list(held), self.lease)
+            except StateMachineError as e:
+                log.warning("worker %s: limit slot renewal failed: %s", self.name, e)
 
     def _release_all(self) -> None:
         with self._lock:

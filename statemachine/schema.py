@@ -39,6 +39,8 @@ __all__ = [
     "STATUSES",
     "events",
     "history",
+    "limit_slots",
+    "limit_windows",
     "metadata",
     "migrations_table",
     "schedules",
@@ -183,6 +185,27 @@ schedules = Table(
     metadata,
     Column("name", Text, primary_key=True),
     Column("last_tick", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Rate limits: `slot` rows per key cap concurrent handlers (a holder keeps its slot until it
+# releases it or `expires_at` passes); a sliding window of recent start times per key caps starts
+# per second exactly (no more than N in any window).
+limit_slots = Table(
+    "sm_limit_slots",
+    metadata,
+    Column("key", Text, nullable=False),
+    Column("slot", Integer, nullable=False),
+    Column("holder", TextUUID, nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    PrimaryKeyConstraint("key", "slot", name="sm_limit_slots_pkey"),
+)
+
+limit_windows = Table(
+    "sm_limit_windows",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("recent", JSONData, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
 

@@ -79,6 +79,8 @@ class Change:
     new_state: bool = True
     # Give the transition a fresh set of attempts (an operator's retry).
     reset_attempts: bool = False
+    # This attempt does not count (a `RetryAfter`): the attempt counter goes back by one.
+    uncount_attempt: bool = False
     error: str | None = None
     cause: str | None = None
     worker: str | None = None

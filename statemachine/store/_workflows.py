@@ -50,32 +50,37 @@ class WorkflowStatements(StoreBase):
     ) -> tuple[uuid.UUID, bool]:
         """Insert a new workflow and its first history row; returns (id, created). With a `key`
         already used for this machine, returns the existing workflow's id and ``created=False``."""
+        return self.transaction(lambda conn: self.insert_workflow_in(
+            conn, machine=machine, state=state, data=data, key=key, parent_id=parent_id,
+            wake_after=wake_after))
 
-        def run(conn: Connection) -> tuple[uuid.UUID, bool]:
-            new_id = uuid.uuid4()
-            now = self.now()
-            values = dict(
-                id=new_id, machine=machine, state=state, data=data, status="ready", version=1,
-                entered_version=1, attempt=0, wake_at=self.later(wake_after), key=key,
-                parent_id=parent_id, created_at=now, updated_at=now,
-            )
-            if key is None:
-                conn.execute(insert(w).values(**values))
-            else:
-                ins = (pg_insert(w) if not self.is_sqlite else sqlite_insert(w)).values(**values)
-                ins = ins.on_conflict_do_nothing(
-                    index_elements=[w.c.machine, w.c.key], index_where=w.c.key.is_not(None))
-                if conn.execute(ins.returning(w.c.id)).first() is None:
-                    existing = conn.execute(
-                        select(w.c.id).where(w.c.machine == machine, w.c.key == key)).scalar_one()
-                    return existing, False
-            conn.execute(insert(h).values(
-                workflow_id=new_id, version=1, kind="start", from_state=None, to_state=state,
-                data=data, status="ready", attempt=0, finished_at=now,
-                cause=f"key={key}" if key else None))
-            return new_id, True
-
-        return self.transaction(run)
+    def insert_workflow_in(
+        self, conn: Connection, *, machine: str, state: str, data: Any, key: str | None = None,
+        parent_id: uuid.UUID | None = None, wake_after: float = 0.0, cause: str | None = None,
+    ) -> tuple[uuid.UUID, bool]:
+        """`insert_workflow` inside the caller's transaction."""
+        new_id = uuid.uuid4()
+        now = self.now()
+        values = dict(
+            id=new_id, machine=machine, state=state, data=data, status="ready", version=1,
+            entered_version=1, attempt=0, wake_at=self.later(wake_after), key=key,
+            parent_id=parent_id, created_at=now, updated_at=now,
+        )
+        if key is None:
+            conn.execute(insert(w).values(**values))
+        else:
+            ins = (pg_insert(w) if not self.is_sqlite else sqlite_insert(w)).values(**values)
+            ins = ins.on_conflict_do_nothing(
+                index_elements=[w.c.machine, w.c.key], index_where=w.c.key.is_not(None))
+            if conn.execute(ins.returning(w.c.id)).first() is None:
+                existing = conn.execute(
+                    select(w.c.id).where(w.c.machine == machine, w.c.key == key)).scalar_one()
+                return existing, False
+        conn.execute(insert(h).values(
+            workflow_id=new_id, version=1, kind="start", from_state=None, to_state=state,
+            data=data, status="ready", attempt=0, finished_at=now,
+            cause=cause or (f"key={key}" if key else None)))
+        return new_id, True
 
     def insert_workflows(self, machine: str, rows: Sequence[tuple[str, Any]]) -> list[uuid.UUID]:
         """Start many workflows of one machine in one transaction (no keys); returns their ids."""
@@ -240,6 +245,8 @@ class WorkflowStatements(StoreBase):
             values.update(lease_token=None, lease_owner=None, wake_at=wake)
             if c.new_state or c.reset_attempts:
                 values["attempt"] = 0
+            elif c.uncount_attempt:
+                values["attempt"] = w.c.attempt - 1
         if c.new_state:
             values["entered_version"] = w.c.version + 1
         if c.clear_cancel:

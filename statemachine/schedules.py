@@ -1,0 +1,121 @@
+"""Schedules (cron): start exactly one workflow per tick, however many workers run.
+
+    billing = Schedule("monthly-billing", cron="0 6 1 * *", timezone="Europe/Berlin",
+                       machine=Billing, start=lambda tick: BillingRun(period=tick.date()),
+                       missed="latest")
+    Worker(store, [Billing()], schedules=[billing])
+
+Every worker that is given a schedule checks it each poll interval; the tick's workflow is started
+with the key ``schedule:<name>:<tick>``, unique per machine, so only one start per tick can win.
+`missed` says what happens to ticks that passed while no worker ran: ``"skip"`` them (only a tick
+at most `grace` seconds late still runs), run the ``"latest"`` one once, or catch up ``"all"``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import attrs
+from cronsim import CronSim, CronSimError
+
+from .errors import InvalidDefinition
+
+if TYPE_CHECKING:
+    from .store import Store as StoreLike
+
+__all__ = ["Schedule", "due_ticks", "run_schedule"]
+
+MissedPolicy = Literal["skip", "latest", "all"]
+
+
+@attrs.frozen
+class Schedule:
+    """Start `machine` in ``start(tick)`` at every tick of `cron` (5 fields) in `timezone`."""
+
+    name: str
+    cron: str
+    machine: Any
+    start: Callable[[datetime], object]
+    timezone: str = "UTC"
+    missed: MissedPolicy = "skip"
+    grace: float = 60.0
+    max_catch_up: int = 1000
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise InvalidDefinition(f"schedule {self.name!r}: unknown time zone "
+                                    f"{self.timezone!r}") from e
+        try:
+            CronSim(self.cron, datetime.now(UTC))
+        except CronSimError as e:
+            raise InvalidDefinition(f"schedule {self.name!r}: bad cron expression "
+                                    f"{self.cron!r}: {e}") from e
+        if self.missed not in ("skip", "latest", "all"):
+            raise InvalidDefinition(f"schedule {self.name!r}: missed must be skip, latest or "
+                                    f"all, not {self.missed!r}")
+
+    def ticks(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
+        """Ticks in (after, until], at most `limit` of the latest, in UTC."""
+        zone = ZoneInfo(self.timezone)
+        found: list[datetime] = []
+        for tick in CronSim(self.cron, after.astimezone(zone)):
+            if tick > until:
+                break
+            found.append(tick.astimezone(UTC))
+            if len(found) > limit:
+                found.pop(0)
+        return found
+
+    def next_tick(self, after: datetime) -> datetime:
+        """The first tick after `after`, in UTC."""
+        tick: datetime = next(iter(CronSim(self.cron, after.astimezone(ZoneInfo(self.timezone)))))
+        return tick.astimezone(UTC)
+
+    def key(self, tick: datetime) -> str:
+        """The start key of the workflow for `tick`."""
+        return f"schedule:{self.name}:{tick.astimezone(UTC).isoformat()}"
+
+
+def due_ticks(schedule: Schedule, last_tick: datetime, now: datetime) -> tuple[list[datetime],
+                                                                              datetime | None]:
+    """(ticks to start now, the new last tick) for ticks after `last_tick` up to `now`, applying
+    the schedule's missed-tick policy. The new last tick is None when nothing is due."""
+    passed = schedule.ticks(last_tick, now, limit=max(1, schedule.max_catch_up))
+    if not passed:
+        return [], None
+    newest = passed[-1]
+    if schedule.missed == "all":
+        return passed, newest
+    if schedule.missed == "latest":
+        return [newest], newest
+    on_time = [t for t in passed if now - t <= timedelta(seconds=schedule.grace)]
+    return on_time, newest
+
+
+def run_schedule(store: StoreLike, schedule: Schedule) -> list[uuid.UUID]:
+    """Start the workflows of every tick of `schedule` that is due now (at most once per tick,
+    whichever worker gets there first); returns the ids this call started."""
+    from .serde import StateCodec
+
+    spec = schedule.machine.spec
+    codec = StateCodec(spec)
+
+    def plan(last: datetime, now: datetime) -> tuple[list[tuple[str, str, Any]],
+                                                      datetime | None]:
+        ticks, newest = due_ticks(schedule, last, now)
+        starts = []
+        for tick in ticks:
+            name, data = codec.dump(schedule.start(tick))
+            starts.append((schedule.key(tick), name, data))
+        return starts, newest
+
+    started: list[uuid.UUID] = store.run_schedule(schedule.name, spec.name, plan)
+    if started:
+        store.notify()
+    return started
