@@ -243,6 +243,34 @@ def retry(obj: _Obj, workflow_id: str) -> None:
 
 @cli.command()
 @click.argument("workflow_id")
+@click.option("--retry", "rerun", is_flag=True,
+              help="The doubtful attempt did not take effect: run the step again.")
+@click.option("--to", "to_state", default=None,
+              help="It did take effect: move on to this state (with --data).")
+@click.option("--data", default="{}", help="The --to state's fields, as JSON.")
+@click.option("--app", default=None, help="module:attr of the machine (needed with --to).")
+@click.pass_obj
+def resolve(obj: _Obj, workflow_id: str, rerun: bool, to_state: str | None, data: str,
+            app: str | None) -> None:
+    """Settle a workflow parked in doubt (or any parked one): --retry or --to STATE."""
+    if rerun == (to_state is not None):
+        raise click.UsageError("give exactly one of --retry and --to STATE")
+    client = _client(obj, app)
+    target: object | None = None
+    if to_state is not None:
+        info = client.get(workflow_id)
+        codec = client.codec_for(info.machine)
+        try:
+            fields = json.loads(data)
+        except json.JSONDecodeError as e:
+            raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
+        target = codec.load(to_state, fields)
+    version = client.resolve(workflow_id, to=target, reason="resolved from the CLI")
+    click.echo(f"workflow {workflow_id} resolved (version {version})")
+
+
+@cli.command()
+@click.argument("workflow_id")
 @click.option("--reason", default="cancelled from the CLI")
 @click.option("--app", default=None,
               help="module:attr of the machine: without it, a worker carries the cancel out.")

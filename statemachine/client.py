@@ -87,6 +87,14 @@ class Client:
             spec = m.spec
             self._codecs[spec.name] = StateCodec(spec)
 
+    def codec_for(self, machine: str) -> StateCodec:
+        """The codec of `machine`; `UnknownMachine` if this process does not know it."""
+        codec = self._codec(machine)
+        if codec is None:
+            raise UnknownMachine(f"machine {machine} is not known to this process (pass the "
+                                 "machine to Client, or --app on the command line)")
+        return codec
+
     def _codec(self, machine: str) -> StateCodec | None:
         codec = self._codecs.get(machine)
         if codec is None:
@@ -177,9 +185,22 @@ class Client:
     # -- steering ----------------------------------------------------------------------------
 
     def retry(self, workflow_id: WorkflowId) -> int:
-        """Resume a parked (failed) workflow from the state it is in, with fresh attempts."""
+        """Resume a parked (failed) workflow from the state it is in, with fresh attempts. For
+        one parked in doubt, this says the doubtful attempt did not happen: the handler runs."""
         return self._change(workflow_id, ("failed",), "retry", "ready", wake_after=0.0,
                             cause="retry requested")
+
+    def resolve(self, workflow_id: WorkflowId, *, to: object | None = None,
+                reason: str = "resolved by an operator") -> int:
+        """Settle a workflow parked in doubt: ``to=None`` re-runs the step (the attempt did not
+        take effect), ``to=SomeState(...)`` moves on as if it did. Returns the new version."""
+        info = self.get(workflow_id)
+        if info.status != "failed":
+            raise InvalidOperation(f"cannot resolve workflow {info.id}: it is {info.status}, "
+                                   "not parked")
+        if to is None:
+            return self.retry(info.id)
+        return self.force(info.id, to, reason=reason)
 
     def cancel(self, workflow_id: WorkflowId, *, reason: str = "cancel requested") -> str:
         """Cancel a workflow, whatever it is doing. Returns ``"cancelled"`` when it ended at once
@@ -253,7 +274,7 @@ class Client:
                 workflow_id=info.id, version=info.version, expect_status=allowed, kind=kind,
                 from_state=info.state_name, to_state=info.state_name, data=info.data,
                 status=status, attempt=info.attempt, wake_after=wake_after, new_state=False,
-                reset_attempts=True, cause=cause))
+                reset_attempts=True, cause=cause, in_doubt="" if kind == "retry" else None))
             if version is not None:
                 self.store.notify()
                 return version

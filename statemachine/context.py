@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import attrs
+from sqlalchemy import Connection
 
 from .clock import Clock
 
@@ -38,6 +39,7 @@ class Context:
         alias="start_child", default=None)
     _cancel_check: Callable[[], str | None] | None = attrs.field(alias="cancel_check",
                                                                 default=None)
+    _connection: Connection | None = attrs.field(alias="connection", default=None)
 
     def now(self) -> datetime:
         """The current time (aware UTC), read afresh."""
@@ -56,6 +58,15 @@ class Context:
         if self._start_child is None:
             raise RuntimeError("children can only be started from a handler run by a worker")
         return self._start_child(machine, state, key)
+
+    @property
+    def connection(self) -> Connection:
+        """The open transaction of a ``@step(transactional=True)`` handler: what it writes here
+        commits atomically with the workflow's next state (and rolls back if that fails)."""
+        if self._connection is None:
+            raise RuntimeError(f"ctx.connection: handler of {self.state} is not transactional; "
+                               "declare it @step(transactional=True)")
+        return self._connection
 
     @property
     def cancel_requested(self) -> str | None:

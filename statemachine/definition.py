@@ -171,12 +171,18 @@ class StepHandler(Generic[F]):
     `@on_children` and `@on_cancel` return. `kind` says which."""
 
     def __init__(self, fn: F, retry: RetryPolicy | None, kind: HandlerKind = "step",
-                 limit: Limit | None = None) -> None:
+                 limit: Limit | None = None, *, transactional: bool = False,
+                 at_most_once: bool = False) -> None:
         self.fn = fn
         self.kind: HandlerKind = kind
         self.retry = retry or DEFAULT_RETRY
         # Concurrency / rate limit shared with other handlers using the same key.
         self.limit = limit
+        # Runs inside the transaction that commits its result (ctx.connection).
+        self.transactional = transactional
+        # Never re-run blindly after an attempt that may have taken effect (see `reconcile`).
+        self.at_most_once = at_most_once
+        self.reconcile_route: ErrorRoute | None = None
         self.error_route: ErrorRoute | None = None
         self.name = fn.__name__
         # Filled in by the machine's validation.
@@ -199,6 +205,18 @@ class StepHandler(Generic[F]):
         self.error_route = ErrorRoute(fn)
         return fn
 
+    def reconcile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Declare how an at-most-once step recovers from an attempt that started and never
+        finished (worker killed, or the handler raised): ``fn(self, state, ctx) -> Next`` asks
+        the outside world what happened and returns the state to go to (the step's own state to
+        try again, with a fresh idempotency key). Without it such a workflow is parked in doubt."""
+        if not self.at_most_once:
+            raise InvalidDefinition(f"step {self.name!r}: reconcile needs @step(at_most_once=True)")
+        if self.reconcile_route is not None:
+            raise InvalidDefinition(f"step {self.name!r} has two reconcile handlers")
+        self.reconcile_route = ErrorRoute(fn)
+        return fn
+
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
@@ -210,24 +228,34 @@ class StepHandler(Generic[F]):
 def step(fn: F, /) -> StepHandler[F]: ...
 @overload
 def step(
-    *, retry: RetryPolicy | None = None, limit: Limit | None = None
+    *, retry: RetryPolicy | None = None, limit: Limit | None = None, transactional: bool = False,
+    at_most_once: bool = False,
 ) -> Callable[[F], StepHandler[F]]: ...
 def step(
-    fn: F | None = None, /, *, retry: RetryPolicy | None = None, limit: Limit | None = None
+    fn: F | None = None, /, *, retry: RetryPolicy | None = None, limit: Limit | None = None,
+    transactional: bool = False, at_most_once: bool = False,
 ) -> StepHandler[F] | Callable[[F], StepHandler[F]]:
     """Mark a method as the step handler of the state its first parameter is annotated with.
 
     The handler runs one side-effecting action and returns the next state; its return annotation
     declares every state it may return. Use bare (``@step``) or with options (``@step(retry=...)``).
     `limit` caps how many run at once / per second across workflows (see `Limit`).
+
+    ``transactional=True``: the handler runs inside the transaction that commits its next state;
+    what it writes through ``ctx.connection`` commits with the state change or not at all (it may
+    run again if the transaction is retried, so keep outside I/O out of it).
+    ``at_most_once=True``: an attempt that started and never finished is never re-run blindly;
+    its `reconcile` handler decides, or the workflow is parked in doubt for a human.
     """
-    if fn is not None:
-        return StepHandler(fn, retry, limit=limit)
+    if transactional and at_most_once:
+        raise InvalidDefinition("a step is transactional (exactly-once in the database) or "
+                                "at_most_once (outside effects), not both")
 
-    def decorate(f: F) -> StepHandler[F]:
-        return StepHandler(f, retry, limit=limit)
+    def make(f: F) -> StepHandler[F]:
+        return StepHandler(f, retry, limit=limit, transactional=transactional,
+                           at_most_once=at_most_once)
 
-    return decorate
+    return make(fn) if fn is not None else make
 
 
 @overload
@@ -343,9 +371,9 @@ class MachineSpec:
                 sources = tuple(s for s in self.states.values() if s not in self.terminal)
             for source in sources:
                 out.extend((source, t, handler.name) for t in handler.targets)
-                if handler.error_route is not None:
-                    out.extend((source, t, handler.error_route.fn.__name__)
-                               for t in handler.error_route.targets)
+                for route in (handler.error_route, handler.reconcile_route):
+                    if route is not None:
+                        out.extend((source, t, route.fn.__name__) for t in route.targets)
         return out
 
     def is_terminal(self, cls: type) -> bool:
@@ -517,16 +545,19 @@ def _index_handlers(
         handler.source = sources[0]
         if handler.kind == "event":
             handler.event = extra
-        if handler.error_route is not None:
-            route = handler.error_route
-            r_sources, r_targets, _ = _signature(where, route.fn, localns, "error route",
-                                                 route.fn.__name__)
-            if r_sources[0] is not handler.source:
+        for attr, what in (("error_route", "error route"), ("reconcile_route", "reconcile")):
+            route = getattr(handler, attr)
+            if route is None:
+                continue
+            # A union annotation lets one route serve several steps (one compensation entry).
+            r_sources, r_targets, _ = _signature(where, route.fn, localns, what,
+                                                 route.fn.__name__, any_source=True)
+            if handler.source not in r_sources and object not in r_sources:
+                names = " | ".join(getattr(s, "__name__", str(s)) for s in r_sources)
                 raise InvalidDefinition(
-                    f"{where}: error route {route.fn.__name__!r} handles "
-                    f"{r_sources[0].__name__}, but its step {handler.name!r} handles "
-                    f"{handler.source.__name__}")
-            handler.error_route = ErrorRoute(route.fn, r_targets)
+                    f"{where}: {what} {route.fn.__name__!r} handles {names}, but its step "
+                    f"{handler.name!r} handles {handler.source.__name__}")
+            setattr(handler, attr, ErrorRoute(route.fn, r_targets))
 
         if handler.kind == "cancel":
             if cancel is not None:
@@ -570,7 +601,8 @@ def _index_handlers(
 
 def _all_targets(handler: StepHandler[Any]) -> tuple[type, ...]:
     route = handler.error_route.targets if handler.error_route else ()
-    return handler.targets + route
+    reconcile = handler.reconcile_route.targets if handler.reconcile_route else ()
+    return handler.targets + route + reconcile
 
 
 def _collect(initial: type, terminal: list[type], handlers: list[StepHandler[Any]]) -> list[type]:

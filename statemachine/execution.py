@@ -31,7 +31,7 @@ from .outcome import (
     transition_change,
 )
 from .serde import StateCodec
-from .store import Change, ChildStart, ClaimedRow, Store
+from .store import Change, ChildStart, ClaimedRow, Committed, Store
 
 __all__ = ["Loaded", "Runner"]
 
@@ -45,6 +45,14 @@ class Loaded:
     machine: Machine
     spec: MachineSpec
     codec: StateCodec
+
+
+class _Rollback(Exception):
+    """Abort a transactional handler's transaction: park (with a reason) or lease lost (None)."""
+
+    def __init__(self, park_reason: str | None) -> None:
+        super().__init__(park_reason or "lease lost")
+        self.park_reason = park_reason
 
 
 @attrs.define
@@ -77,6 +85,9 @@ class Runner:
         self._extend_lease = extend_lease
         self.on_change = on_change
         self.transitions = 0
+        # Rows inside an at-most-once handler: never give them back on shutdown (a new claim
+        # after their lease expires sees the unfinished attempt and reconciles).
+        self.unreleasable: set[uuid.UUID] = set()
         self._codecs: dict[str, StateCodec] = {n: m.codec for n, m in machines.items()}
 
     def run(self, row: ClaimedRow) -> None:
@@ -114,6 +125,13 @@ class Runner:
         if spec.is_waiting(type(state)):
             return self._wait(row, loaded, state, started)
         handler = spec.steps[type(state)]
+        if handler.at_most_once:
+            if row.in_doubt:
+                return self._reconcile(row, loaded, handler, state, started)
+            if row.previous_status == "running":
+                return self._in_doubt(row, loaded, handler, state, started,
+                                       f"attempt {row.attempt - 1} of {handler.name} started and "
+                                       "did not finish (worker lost)")
         if row.previous_status == "running":
             log.warning("workflow %s: attempt %d of %s was abandoned (worker lost); running again",
                         row.id, row.attempt - 1, row.state)
@@ -174,9 +192,13 @@ class Runner:
         cause: str | None, extra: dict[str, Any] | None,
     ) -> ClaimedRow | None:
         pending = _Pending()
-        ctx = self._context(row, pending)
         try:
-            result = handler.fn(loaded.machine, state, *args, ctx)
+            if handler.transactional:
+                return self._run_transactional(row, loaded, handler, state, args, started,
+                                               kind=kind, cause=cause, extra=extra)
+            if handler.at_most_once:
+                self.unreleasable.add(row.id)
+            result = handler.fn(loaded.machine, state, *args, self._context(row, pending))
         except RetryAfter as e:
             log.info("workflow %s: %s asked to retry after %.3gs", row.id, row.state, e.seconds)
             return self._write(Change(
@@ -187,14 +209,79 @@ class Runner:
                 started_at=started), row)
         except Exception as e:
             failure = describe_failure(e, row.attempt, handler.retry.is_permanent(e))
+            if handler.at_most_once and not failure.permanent:
+                # It may have taken effect before failing: never re-run it blindly.
+                return self._in_doubt(row, loaded, handler, state, started,
+                                      f"attempt {row.attempt} of {handler.name} raised "
+                                      f"{failure}; it may or may not have taken effect")
             change = failure_change(row, handler, failure, worker=self.worker, started_at=started)
             if change is not None:
                 log.info("workflow %s: %s failed (attempt %d), retrying: %s",
                          row.id, row.state, row.attempt, failure)
                 return self._write(change, row)
             return self._failed_for_good(row, loaded, handler, state, failure, started)
+        finally:
+            self.unreleasable.discard(row.id)
         return self._commit_result(row, loaded, handler.name, handler.targets, result, started,
                                    kind=kind, cause=cause, pending=pending, extra=extra)
+
+    def _run_transactional(
+        self, row: ClaimedRow, loaded: Loaded, handler: StepHandler[Any], state: object,
+        args: tuple[object, ...], started: datetime, *, kind: str,
+        cause: str | None, extra: dict[str, Any] | None,
+    ) -> ClaimedRow | None:
+        """Run the handler and commit its result in one transaction: its own writes through
+        ``ctx.connection`` and the state change commit together, or neither does."""
+
+        def run(conn: Connection) -> tuple[Change, Committed]:
+            pending = _Pending()
+            result = handler.fn(loaded.machine, state, *args,
+                                self._context(row, pending, connection=conn))
+            change = self._result_change(row, loaded, handler.name, handler.targets, result,
+                                         started, kind=kind, cause=cause, pending=pending,
+                                         extra=extra)
+            if isinstance(change, str):
+                raise _Rollback(change)
+            done = self.store.commit_in(conn, change)
+            if done is None:
+                raise _Rollback(None)
+            return change, done
+
+        try:
+            change, done = self.store.transaction(run)
+        except _Rollback as r:
+            if r.park_reason is not None:
+                return self._park(row, started, r.park_reason)
+            log.warning("workflow %s: lease lost or row changed at version %d; the transaction "
+                        "of %s was rolled back", row.id, row.version, row.state)
+            return None
+        return self._committed(change, done, row)
+
+    def _in_doubt(self, row: ClaimedRow, loaded: Loaded, handler: StepHandler[Any],
+                  state: object, started: datetime, reason: str) -> ClaimedRow | None:
+        """Record that an at-most-once attempt may have taken effect, then reconcile (or park)."""
+        log.warning("workflow %s: in doubt: %s", row.id, reason)
+        if handler.reconcile_route is None:
+            return self._write(attrs.evolve(park_change(
+                row, f"in doubt: {reason}. Resolve it: `statemachine resolve {row.id} --retry` "
+                "if it did not happen, `--to STATE --data JSON` if it did.",
+                worker=self.worker, started_at=started), kind="in_doubt", in_doubt=reason), row)
+        marked = self._write(Change(
+            workflow_id=row.id, version=row.version, lease_token=row.lease_token,
+            kind="in_doubt", from_state=row.state, to_state=row.state, data=row.data,
+            status="ready", attempt=row.attempt, new_state=False, keep_lease=self.lease,
+            in_doubt=reason, error=reason, worker=self.worker, started_at=started), row)
+        return None if marked is None else attrs.evolve(marked, in_doubt=reason)
+
+    def _reconcile(self, row: ClaimedRow, loaded: Loaded, handler: StepHandler[Any],
+                   state: object, started: datetime) -> ClaimedRow | None:
+        route = handler.reconcile_route
+        if route is None:
+            return self._park(row, started, f"in doubt: {row.in_doubt}")
+        reconciler: StepHandler[Any] = StepHandler(route.fn, handler.retry)
+        reconciler.name, reconciler.targets = route.fn.__name__, route.targets
+        return self._invoke(row, loaded, reconciler, state, (), started, kind="reconciled",
+                            cause=f"reconcile: {row.in_doubt}")
 
     def _commit_result(
         self, row: ClaimedRow, loaded: Loaded, handler_name: str, allowed: tuple[type, ...],
@@ -202,18 +289,30 @@ class Runner:
         cause: str | None = None, pending: _Pending | None = None,
         extra: dict[str, Any] | None = None,
     ) -> ClaimedRow | None:
+        change = self._result_change(row, loaded, handler_name, allowed, result, started,
+                                     kind=kind, error=error, cause=cause, pending=pending,
+                                     extra=extra)
+        if isinstance(change, str):
+            return self._park(row, started, change)
+        return self._write(change, row)
+
+    def _result_change(
+        self, row: ClaimedRow, loaded: Loaded, handler_name: str, allowed: tuple[type, ...],
+        result: object, started: datetime, *, kind: str = "transition", error: str | None = None,
+        cause: str | None = None, pending: _Pending | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Change | str:
+        """The change a handler's result makes, or why the workflow must be parked instead."""
         delayed = result if isinstance(result, Delayed) else None
         state = delayed.state if delayed is not None else result
         if type(state) not in allowed:
             declared = " | ".join(state_name(t) for t in allowed) or "nothing"
-            return self._park(row, started, f"handler {handler_name!r} returned "
-                              f"{type(state).__name__}, which its return annotation does not "
-                              f"declare (declared: {declared})")
+            return (f"handler {handler_name!r} returned {type(state).__name__}, which its return "
+                    f"annotation does not declare (declared: {declared})")
         try:
             name, data = loaded.codec.dump(state)
         except Exception as e:
-            return self._park(row, started, f"handler {handler_name!r} returned a state that "
-                              f"does not serialize: {e}")
+            return f"handler {handler_name!r} returned a state that does not serialize: {e}"
         spec = loaded.spec
         terminal = spec.is_terminal(type(state))
         keep = self.lease if self._sticky() and delayed is None and not terminal else None
@@ -231,7 +330,7 @@ class Runner:
         change = attrs.evolve(change, **fields)
         if delayed is not None:
             change = attrs.evolve(change, wake_at=delayed.at, wake_after=delayed.after)
-        return self._write(change, row)
+        return change
 
     def _failed_for_good(
         self, row: ClaimedRow, loaded: Loaded, handler: StepHandler[Any], state: object,
@@ -265,6 +364,10 @@ class Runner:
             log.warning("workflow %s: lease lost or row changed at version %d; result of %s "
                         "discarded", row.id, row.version, row.state)
             return None
+        return self._committed(change, done, row)
+
+    def _committed(self, change: Change, done: Committed, row: ClaimedRow) -> ClaimedRow | None:
+        """After a commit: count it, report it, and continue with the next state if sticky."""
         self.transitions += 1
         if self.on_change is not None:
             self.on_change(change, done.version)
@@ -412,7 +515,8 @@ class Runner:
             codec = self._codecs[machine] = StateCodec(cls.spec)
         return codec
 
-    def _context(self, row: ClaimedRow, pending: _Pending) -> Context:
+    def _context(self, row: ClaimedRow, pending: _Pending,
+                 connection: Connection | None = None) -> Context:
         def start_child(machine: Any, state: object, key: str | None) -> uuid.UUID:
             spec: MachineSpec = machine.spec
             if type(state) is not spec.initial:
@@ -433,5 +537,5 @@ class Runner:
             log=logging.LoggerAdapter(logging.getLogger(f"statemachine.workflow.{row.machine}"),
                                       {"workflow_id": str(row.id), "state": row.state}),
             clock=self.clock, extend=lambda seconds: self._extend_lease(row, seconds),
-            start_child=start_child,
+            start_child=start_child, connection=connection,
             cancel_check=lambda: self.store.cancel_requested(row.id))

@@ -244,7 +244,8 @@ class Worker:
 
     def _release_all(self) -> None:
         with self._lock:
-            held = dict(self._inflight)
+            held = {k: v for k, v in self._inflight.items()
+                    if k not in self.runner.unreleasable}
             self._inflight.clear()
         by_token: dict[str, list[uuid.UUID]] = {}
         for wid, (token, _) in held.items():

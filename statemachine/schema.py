@@ -126,6 +126,8 @@ workflows = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     # Set (to who asked and why) when cancellation was requested and not yet carried out.
     Column("cancel_requested", Text, nullable=True),
+    # Set when an at-most-once handler's attempt started and never finished (see at_most_once).
+    Column("in_doubt", Text, nullable=True),
 )
 
 # Only rows that can come due are indexed (finished rows have wake_at NULL), so the claim query's

@@ -30,6 +30,8 @@ class ClaimedRow:
     parent_id: uuid.UUID | None = None
     # Who asked for cancellation and why, when it was asked and not yet carried out.
     cancel_requested: str | None = None
+    # An at-most-once attempt that started and never finished (reconcile before anything else).
+    in_doubt: str | None = None
 
 
 @attrs.frozen
@@ -97,6 +99,8 @@ class Change:
     clear_cancel: bool = False
     # Ask every unfinished child of this workflow to cancel, with this reason.
     cancel_children: str | None = None
+    # Mark (text) or clear ("") the row's in-doubt flag; None leaves it.
+    in_doubt: str | None = None
 
     @property
     def simple(self) -> bool:

@@ -126,7 +126,7 @@ class WorkflowStatements(StoreBase):
                 rows = conn.execute(
                     select(w.c.id, w.c.machine, w.c.state, w.c.data, w.c.version,
                            w.c.entered_version, w.c.attempt, w.c.status, recorded.label("rec"),
-                           w.c.parent_id, w.c.cancel_requested)
+                           w.c.parent_id, w.c.cancel_requested, w.c.in_doubt)
                     .where(due(self.now())).order_by(w.c.wake_at).limit(limit)).all()
                 if not rows:
                     return []
@@ -134,7 +134,7 @@ class WorkflowStatements(StoreBase):
                 conn.execute(update(w).where(w.c.id.in_(ids)).values(**lease_values))
                 return [ClaimedRow(r.id, r.machine, r.state, r.data, r.version, r.entered_version,
                                    r.attempt + 1, token, r.status, not r.rec, r.parent_id,
-                                   r.cancel_requested) for r in rows]
+                                   r.cancel_requested, r.in_doubt) for r in rows]
 
             return self.transaction(run_sqlite)
 
@@ -145,12 +145,12 @@ class WorkflowStatements(StoreBase):
             update(w).where(w.c.id == picked.c.id).values(**lease_values)
             .returning(w.c.id, w.c.machine, w.c.state, w.c.data, w.c.version, w.c.entered_version,
                        w.c.attempt, picked.c.status, recorded.label("rec"), w.c.parent_id,
-                       w.c.cancel_requested))
+                       w.c.cancel_requested, w.c.in_doubt))
 
         def run(conn: Connection) -> list[ClaimedRow]:
             return [ClaimedRow(r.id, r.machine, r.state, r.data, r.version, r.entered_version,
                                r.attempt, token, r.status, not r.rec, r.parent_id,
-                               r.cancel_requested)
+                               r.cancel_requested, r.in_doubt)
                     for r in conn.execute(stmt)]
 
         return self._single(run)
@@ -251,6 +251,10 @@ class WorkflowStatements(StoreBase):
             values["entered_version"] = w.c.version + 1
         if c.clear_cancel:
             values["cancel_requested"] = None
+        if c.in_doubt is not None:
+            values["in_doubt"] = c.in_doubt or None
+        elif c.new_state:
+            values["in_doubt"] = None
         hist = dict(
             kind=c.kind, from_state=c.from_state, to_state=c.to_state, data=c.data,
             status=c.status, cause=c.cause, attempt=c.attempt, error=c.error, worker=c.worker,
