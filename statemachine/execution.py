@@ -374,7 +374,10 @@ class Runner:
         if change.keep_lease is None:
             return None
         return ClaimedRow(id=row.id, machine=row.machine, state=change.to_state, data=change.data,
-                          version=done.version, entered_version=done.version, attempt=1,
+                          version=done.version,
+                          # Same state (an in-doubt mark): same transition, same idempotency key.
+                          entered_version=done.version if change.new_state else row.entered_version,
+                          attempt=1,
                           lease_token=row.lease_token, previous_status="ready",
                           external_change=False, parent_id=row.parent_id,
                           cancel_requested=done.cancel_requested)

@@ -235,8 +235,11 @@ class Worker:
                 except StateMachineError as e:
                     log.warning("worker %s: lease renewal failed: %s", self.name, e)
                     continue
-                for lost in set(ids) - kept:
-                    log.warning("worker %s: lost the lease of workflow %s", self.name, lost)
+                with self._lock:  # rows that finished since the snapshot are not lost
+                    lost = [i for i in set(ids) - kept
+                            if self._inflight.get(i, ("",))[0] == token]
+                for wid in lost:
+                    log.warning("worker %s: lost the lease of workflow %s", self.name, wid)
             try:
                 self.store.renew_slots(list(held), self.lease)
             except StateMachineError as e:

@@ -65,6 +65,8 @@ class Schedule:
         zone = ZoneInfo(self.timezone)
         found: list[datetime] = []
         for tick in CronSim(self.cron, after.astimezone(zone)):
+            if tick <= after:
+                continue  # cronsim, started in a repeated (DST) hour, can yield its first pass
             if tick > until:
                 break
             found.append(tick.astimezone(UTC))
@@ -74,7 +76,8 @@ class Schedule:
 
     def next_tick(self, after: datetime) -> datetime:
         """The first tick after `after`, in UTC."""
-        tick: datetime = next(iter(CronSim(self.cron, after.astimezone(ZoneInfo(self.timezone)))))
+        ticks = CronSim(self.cron, after.astimezone(ZoneInfo(self.timezone)))
+        tick: datetime = next(t for t in ticks if t > after)  # see `ticks` on repeated hours
         return tick.astimezone(UTC)
 
     def key(self, tick: datetime) -> str:

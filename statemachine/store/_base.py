@@ -16,6 +16,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Interval,
+    bindparam,
     func,
     literal,
     literal_column,
@@ -62,6 +63,9 @@ class StoreBase:
         self.clock: Clock = clock or SystemClock()
         self.max_retries = max_retries
         self._listeners: list[Callable[[], None]] = []
+        # Statements built once per shape and reused: SQLAlchemy then skips rebuilding them and
+        # recomputing their cache keys on the hot path.
+        self._statements: dict[Any, Any] = {}
         self._autocommit = (
             self.engine if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -129,6 +133,28 @@ class StoreBase:
         if self.server_clock:
             return func.now() + literal(timedelta(seconds=seconds), Interval())
         return literal(self.clock.now() + timedelta(seconds=seconds), UTCDateTime())
+
+    def _now_param(self) -> ColumnElement[datetime]:
+        """`now` for a statement built once: the server's ``now()``, or a ``p_now`` parameter."""
+        if self.server_clock:
+            return func.now()
+        return bindparam("p_now", type_=UTCDateTime())
+
+    def _later_param(self, name: str) -> ColumnElement[datetime]:
+        """``now + seconds`` for a statement built once: the value comes from `_later_value`."""
+        if self.server_clock:
+            later: ColumnElement[datetime] = func.now() + bindparam(name, type_=Interval())
+            return later
+        return bindparam(name, type_=UTCDateTime())
+
+    def _later_value(self, seconds: float) -> datetime | timedelta:
+        """The parameter value of a `_later_param`."""
+        delta = timedelta(seconds=seconds)
+        return delta if self.server_clock else self.clock.now() + delta
+
+    def _now_value(self) -> dict[str, datetime]:
+        """The ``p_now`` parameter, when the statement needs one."""
+        return {} if self.server_clock else {"p_now": self.clock.now()}
 
     def current_time(self) -> datetime:
         """The time the store schedules by, read now."""

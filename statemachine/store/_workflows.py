@@ -8,13 +8,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
+    Integer,
+    Text,
     and_,
+    bindparam,
     case,
     exists,
     insert,
-    literal,
     select,
     update,
 )
@@ -22,9 +25,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..errors import StoreError
-from ..schema import UTCDateTime, history, workflows
+from ..schema import JSONData, UTCDateTime, history, workflows
 from ..schema import events as ev
-from ._base import StoreBase, _bind, _headline
+from ._base import StoreBase, _headline
 from ._rows import Change, ChildStart, ClaimedRow, Committed
 
 __all__ = ["WorkflowStatements"]
@@ -186,26 +189,39 @@ class WorkflowStatements(StoreBase):
         is one statement on servers; one with events, children or a parent is one transaction."""
         if self.is_sqlite or not change.simple:
             return self.transaction(lambda conn: self.commit_in(conn, change))
-        upd, hist = self._change_statements(change)
-        u = upd.returning(w.c.id, w.c.version, w.c.cancel_requested).cte("u")
-        i = insert(h).from_select(
-            ["workflow_id", "version", *hist],
-            select(u.c.id, u.c.version, *[_bind(h.c[k], v) for k, v in hist.items()]),
-        ).returning(h.c.version).cte("i")
-        stmt = select(u.c.version, u.c.cancel_requested).select_from(
-            u.join(i, i.c.version == u.c.version))
-        row = self._single(lambda conn: conn.execute(stmt).first())
+        shape = _shape(change)
+        stmt = self._statements.get(("commit", shape))
+        if stmt is None:
+            upd, hist = self._change_statements(shape)
+            u = upd.returning(w.c.id, w.c.version, w.c.cancel_requested).cte("u")
+            i = insert(h).from_select(
+                ["workflow_id", "version", *hist], select(u.c.id, u.c.version, *hist.values()),
+            ).returning(h.c.version).cte("i")
+            stmt = select(u.c.version, u.c.cancel_requested).select_from(
+                u.join(i, i.c.version == u.c.version))
+            self._statements[("commit", shape)] = stmt
+        params = self._change_params(change)
+        row = self._single(lambda conn: conn.execute(stmt, params).first())
         return None if row is None else Committed(int(row.version), row.cancel_requested)
 
     def commit_in(self, conn: Connection, change: Change) -> Committed | None:
         """`commit` inside the caller's transaction."""
         c = change
-        upd, hist = self._change_statements(c)
-        row = conn.execute(upd.returning(w.c.version, w.c.cancel_requested)).first()
+        shape = _shape(c)
+        stmts = self._statements.get(("commit_in", shape))
+        if stmts is None:
+            upd, hist = self._change_statements(shape)
+            stmts = (upd.returning(w.c.version, w.c.cancel_requested),
+                     insert(h).values(workflow_id=bindparam("p_id", type_=h.c.workflow_id.type),
+                                      version=bindparam("h_version", type_=BigInteger()),
+                                      **hist))
+            self._statements[("commit_in", shape)] = stmts
+        params = self._change_params(c)
+        row = conn.execute(stmts[0], params).first()
         if row is None:
             return None
         version = int(row.version)
-        conn.execute(insert(h).values(workflow_id=c.workflow_id, version=version, **hist))
+        conn.execute(stmts[1], {**params, "h_version": version})
         if c.consume_event is not None:
             consumed = conn.execute(
                 update(ev).where(ev.c.id == c.consume_event, ev.c.status == "pending")
@@ -226,40 +242,60 @@ class WorkflowStatements(StoreBase):
         done = self.commit(change) if conn is None else self.commit_in(conn, change)
         return None if done is None else done.version
 
-    def _change_statements(self, c: Change) -> tuple[Any, dict[str, Any]]:
-        conds = [w.c.id == c.workflow_id, w.c.version == c.version]
-        if c.lease_token is not None:
-            conds.append(w.c.lease_token == c.lease_token)
-        if c.expect_status:
-            conds.append(w.c.status.in_(c.expect_status))
+    def _change_statements(self, shape: _Shape) -> tuple[Any, dict[str, Any]]:
+        """The compare-and-set UPDATE and the history values for one shape of change, with a
+        bind parameter for every value (built once per shape, then reused)."""
+        (has_token, expect_status, keep_lease, wake, attempt_rule, new_state, clear_cancel,
+         doubt) = shape
+        conds = [w.c.id == bindparam("p_id", type_=w.c.id.type),
+                 w.c.version == bindparam("p_version", type_=BigInteger())]
+        if has_token:
+            conds.append(w.c.lease_token == bindparam("p_token", type_=Text()))
+        if expect_status:
+            conds.append(w.c.status.in_(bindparam("p_expect", expanding=True)))
+        now = self._now_param()
         values: dict[str, Any] = dict(
-            state=c.to_state, data=c.data, status=c.status, version=w.c.version + 1,
-            updated_at=self.now(), last_error=_headline(c.error))
-        if c.keep_lease is not None:
-            values.update(status="running", wake_at=self.later(c.keep_lease), attempt=1)
+            state=bindparam("p_state", type_=Text()), data=bindparam("p_data", type_=JSONData),
+            status=bindparam("p_status", type_=Text()), version=w.c.version + 1,
+            updated_at=now, last_error=bindparam("p_last_error", type_=Text()))
+        if keep_lease:
+            values.update(status="running", wake_at=self._later_param("p_wake"), attempt=1)
         else:
-            if c.wake_at is not None:
-                wake: Any = literal(c.wake_at, UTCDateTime())
-            else:
-                wake = None if c.wake_after is None else self.later(c.wake_after)
-            values.update(lease_token=None, lease_owner=None, wake_at=wake)
-            if c.new_state or c.reset_attempts:
+            values.update(lease_token=None, lease_owner=None, wake_at={
+                "none": None, "at": bindparam("p_wake_at", type_=UTCDateTime()),
+                "after": self._later_param("p_wake")}[wake])
+            if attempt_rule == "reset":
                 values["attempt"] = 0
-            elif c.uncount_attempt:
+            elif attempt_rule == "uncount":
                 values["attempt"] = w.c.attempt - 1
-        if c.new_state:
+        if new_state:
             values["entered_version"] = w.c.version + 1
-        if c.clear_cancel:
+        if clear_cancel:
             values["cancel_requested"] = None
-        if c.in_doubt is not None:
-            values["in_doubt"] = c.in_doubt or None
-        elif c.new_state:
-            values["in_doubt"] = None
+        if doubt:
+            values["in_doubt"] = bindparam("p_in_doubt", type_=Text())
         hist = dict(
-            kind=c.kind, from_state=c.from_state, to_state=c.to_state, data=c.data,
-            status=c.status, cause=c.cause, attempt=c.attempt, error=c.error, worker=c.worker,
-            started_at=c.started_at, finished_at=self.now())
+            kind=bindparam("h_kind", type_=Text()), from_state=bindparam("h_from", type_=Text()),
+            to_state=bindparam("p_state", type_=Text()), data=bindparam("p_data", type_=JSONData),
+            status=bindparam("h_status", type_=Text()), cause=bindparam("h_cause", type_=Text()),
+            attempt=bindparam("h_attempt", type_=Integer()),
+            error=bindparam("h_error", type_=Text()), worker=bindparam("h_worker", type_=Text()),
+            started_at=bindparam("h_started", type_=UTCDateTime()), finished_at=now)
         return update(w).where(*conds).values(**values), hist
+
+    def _change_params(self, c: Change) -> dict[str, Any]:
+        """The values of `c` for the statement of its shape."""
+        params: dict[str, Any] = dict(
+            p_id=c.workflow_id, p_version=c.version, p_token=c.lease_token,
+            p_expect=list(c.expect_status), p_state=c.to_state, p_data=c.data,
+            p_status=c.status, p_last_error=_headline(c.error), p_wake_at=c.wake_at,
+            p_in_doubt=c.in_doubt or None, h_kind=c.kind, h_from=c.from_state,
+            h_status=c.status, h_cause=c.cause, h_attempt=c.attempt, h_error=c.error,
+            h_worker=c.worker, h_started=c.started_at)
+        seconds = c.keep_lease if c.keep_lease is not None else c.wake_after
+        params["p_wake"] = self._later_value(seconds or 0.0)
+        params.update(self._now_value())
+        return params
 
     def _insert_children(self, conn: Connection, parent: uuid.UUID,
                          children: Sequence[ChildStart]) -> None:
@@ -289,3 +325,21 @@ class WorkflowStatements(StoreBase):
         ).values(cancel_requested=reason, wake_at=case(
             (w.c.status.in_(("ready", "waiting")), self.now()), else_=w.c.wake_at)))
 
+
+
+_Shape = tuple[bool, bool, bool, str, str, bool, bool, bool]
+
+
+def _shape(c: Change) -> _Shape:
+    """What distinguishes the SQL of one change from another's (the values aside)."""
+    if c.keep_lease is not None:
+        wake = "lease"
+    else:
+        wake = "at" if c.wake_at is not None else ("none" if c.wake_after is None else "after")
+    if c.new_state or c.reset_attempts:
+        attempt_rule = "reset"
+    else:
+        attempt_rule = "uncount" if c.uncount_attempt else "keep"
+    doubt = c.in_doubt is not None or c.new_state
+    return (c.lease_token is not None, bool(c.expect_status), c.keep_lease is not None, wake,
+            attempt_rule, c.new_state, c.clear_cancel, doubt)
