@@ -187,6 +187,25 @@ class WorkflowStatements(StoreBase):
     def commit(self, change: Change) -> Committed | None:
         """`apply`, also reporting a cancellation request that arrived meanwhile. A plain change
         is one statement on servers; one with events, children or a parent is one transaction."""
+        try:
+            return self._commit(change)
+        except StoreError as e:
+            if getattr(e.__cause__, "orig", None) is None or \
+                    getattr(e.__cause__.orig, "sqlstate", None) != "40003":  # type: ignore[union-attr]
+                raise
+            return self._settle_ambiguous(change)
+
+    def _settle_ambiguous(self, change: Change) -> Committed | None:
+        """After a commit whose outcome is unknown (CockroachDB's 40003): it happened if the
+        history row it would have written is there, with this worker and kind."""
+        stmt = select(h.c.kind, h.c.worker).where(
+            h.c.workflow_id == change.workflow_id, h.c.version == change.version + 1)
+        row = self._single(lambda conn: conn.execute(stmt).first())
+        if row is not None and row.kind == change.kind and row.worker == change.worker:
+            return Committed(change.version + 1, None)
+        return None
+
+    def _commit(self, change: Change) -> Committed | None:
         if self.is_sqlite or not change.simple:
             return self.transaction(lambda conn: self.commit_in(conn, change))
         shape = _shape(change)
