@@ -315,6 +315,75 @@ def schedules(obj: _Obj, app: str) -> None:
 
 
 @cli.command()
+@click.argument("workflow_id")
+@click.argument("state")
+@click.option("--data", default="{}", help="The state's fields, as JSON.")
+@click.option("--app", default=None, help="module:attr of the machine.")
+@click.option("--reason", default="forced from the CLI")
+@click.pass_obj
+def force(obj: _Obj, workflow_id: str, state: str, data: str, app: str | None,
+          reason: str) -> None:
+    """Put a workflow in STATE (checked against its class) and make it due now."""
+    client = _client(obj, app)
+    info = client.get(workflow_id)
+    try:
+        fields = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
+    target = client.codec_for(info.machine).load(state, fields)
+    version = client.force(workflow_id, target, reason=reason)
+    click.echo(f"workflow {workflow_id} forced to {state} (version {version})")
+
+
+@cli.command()
+@click.option("--app", required=True, help="module:attr naming the machines.")
+@click.option("--machine", "only", default=None, help="Draw only this machine.")
+def graph(app: str, only: str | None) -> None:
+    """Print a mermaid diagram of each machine (paste into Markdown)."""
+    from .diagram import mermaid
+
+    machines = {m.spec.name: m for m in load_machines(app)}
+    if only is not None and only not in machines:
+        raise UnknownMachine(f"--machine {only}: not among {', '.join(sorted(machines))}")
+    for name, machine in machines.items():
+        if only in (None, name):
+            click.echo(f"```mermaid\n{mermaid(machine)}```")
+
+
+@cli.command()
+@click.option("--app", required=True, help="module:attr naming the machines (the new code).")
+@click.option("--all", "include_finished", is_flag=True,
+              help="Also check finished workflows (done, failed, cancelled).")
+@click.pass_obj
+def check(obj: _Obj, app: str, include_finished: bool) -> None:
+    """Before a deploy: does every stored workflow (and pending event) still load with this
+    code? Lists each one that would not; exits 1 if any."""
+    machines = {m.spec.name: StateCodec(m.spec) for m in load_machines(app)}
+    statuses = ["ready", "running", "waiting"]
+    if include_finished:
+        statuses += ["done", "failed", "cancelled"]
+    checked = bad = 0
+    for row in obj.store.scan(list(machines), statuses):
+        checked += 1
+        try:
+            machines[row.machine].load(row.state, row.data, workflow=row.id)
+        except StateMachineError as e:
+            bad += 1
+            click.echo(f"{row.id}  {row.machine}  {row.status:8} {e}")
+    for event in obj.store.pending_events_of(list(machines)):
+        checked += 1
+        try:
+            machines[event.machine].load_event(event.type, event.data, workflow=event.workflow_id)
+        except StateMachineError as e:
+            bad += 1
+            click.echo(f"{event.workflow_id}  {event.machine}  event    {e}")
+    click.echo(f"checked {checked} stored states and events: "
+               + ("all load" if not bad else f"{bad} would not load"))
+    if bad:
+        raise SystemExit(1)
+
+
+@cli.command()
 @click.option("--orders", default=3, show_default=True, help="How many orders to run.")
 @click.pass_obj
 def demo(obj: _Obj, orders: int) -> None:

@@ -70,11 +70,13 @@ class RetryAfter(Exception):
         if not value:
             return cls(default)
         value = value.strip()
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # not "²": str.isdigit takes it, float not
             return cls(float(value), f"Retry-After: {value}")
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return cls(default, f"unreadable Retry-After: {value!r}")
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)  # HTTP dates are GMT, with or without a zone
         now = now or datetime.now(UTC)
         return cls((when - now).total_seconds(), f"Retry-After: {value}")

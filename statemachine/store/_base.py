@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -28,6 +29,7 @@ from ..clock import Clock, SystemClock
 from ..database import default_database_url, is_retryable, make_engine, short_error
 from ..errors import StoreError
 from ..schema import UTCDateTime, history, workflows
+from ..schema import events as ev
 
 __all__ = ["StoreBase"]
 
@@ -201,6 +203,29 @@ class StoreBase:
             stmt = stmt.where(w.c.state == state)
         return self._single(lambda c: list(c.execute(stmt)))
 
+    def scan(self, machines: Sequence[str], statuses: Sequence[str],
+             batch: int = 500) -> Iterator[Any]:
+        """Every workflow row of `machines` in `statuses`, in batches (for checks over the whole
+        table without holding a long transaction)."""
+        after: uuid.UUID | None = None
+        while True:
+            stmt = (select(w).where(w.c.machine.in_(machines), w.c.status.in_(statuses))
+                    .order_by(w.c.id).limit(batch))
+            if after is not None:
+                stmt = stmt.where(w.c.id > after)
+            rows: list[Any] = self._single(partial(_all_rows, stmt))
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = rows[-1].id
+
+    def pending_events_of(self, machines: Sequence[str]) -> list[Any]:
+        """Pending events of workflows of `machines` (for checks)."""
+        stmt = (select(ev.c.id, ev.c.workflow_id, ev.c.type, ev.c.data, w.c.machine)
+                .join(w, w.c.id == ev.c.workflow_id)
+                .where(ev.c.status == "pending", w.c.machine.in_(machines)))
+        return self._single(lambda c: list(c.execute(stmt)))
+
     def history(self, workflow_id: uuid.UUID) -> list[Any]:
         """History rows of one workflow, oldest first."""
         stmt = select(h).where(h.c.workflow_id == workflow_id).order_by(h.c.version)
@@ -218,6 +243,10 @@ class StoreBase:
         """A plain connection, for tests and tools that run their own SQL."""
         with self.engine.connect() as conn:
             yield conn
+
+
+def _all_rows(stmt: Any, conn: Connection) -> list[Any]:
+    return list(conn.execute(stmt))
 
 
 def _headline(error: str | None) -> str | None:
