@@ -50,7 +50,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def state_name(cls: type) -> str:
     """The stable name a state class is stored under: `__state_name__` if the class sets it, else
-    the class name. Set `__state_name__` to rename a class without touching stored rows."""
+    the class name. Set `__state_name__` to rename a class without touching stored rows (or list
+    the old name in ``__state_aliases__`` to store the new name from now on)."""
     name = cls.__dict__.get("__state_name__")
     return name if isinstance(name, str) else cls.__name__
 
@@ -350,6 +351,8 @@ class MachineSpec:
     children: dict[type, StepHandler[Any]] = attrs.Factory(dict)
     cancel: StepHandler[Any] | None = None
     event_types: dict[str, type] = attrs.Factory(dict)
+    # Former names of states (``__state_aliases__``): rows stored under them still load.
+    aliases: dict[str, type] = attrs.Factory(dict)
 
     def handlers(self) -> list[StepHandler[Any]]:
         """Every handler of the machine."""
@@ -470,6 +473,12 @@ def _build_spec(cls: type[Machine]) -> MachineSpec:
         if name in names and names[name] is not s:
             raise InvalidDefinition(f"{where}: two states are named {name!r}")
         names[name] = s
+    for s in known:
+        for alias in _aliases(where, s):
+            if alias in names and names[alias] is not s:
+                raise InvalidDefinition(f"{where}: {s.__name__} lists alias {alias!r}, which "
+                                        f"names another state")
+    aliases = {alias: s for s in known for alias in _aliases(where, s)}
 
     terminal_set = frozenset(terminal)
     if initial in terminal_set:
@@ -518,7 +527,15 @@ def _build_spec(cls: type[Machine]) -> MachineSpec:
 
     return MachineSpec(name=cls.name, initial=initial, states=names, terminal=terminal_set,
                        steps=steps, events=events, timeouts=timeouts, children=children,
-                       cancel=cancel, event_types=event_types)
+                       cancel=cancel, event_types=event_types, aliases=aliases)
+
+
+def _aliases(where: str, cls: type) -> tuple[str, ...]:
+    found = cls.__dict__.get("__state_aliases__", ())
+    if isinstance(found, str) or not all(isinstance(a, str) for a in found):
+        raise InvalidDefinition(f"{where}: {cls.__name__}.__state_aliases__ must be a tuple of "
+                                "names")
+    return tuple(found)
 
 
 _Indexed = tuple[

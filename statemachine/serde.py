@@ -1,9 +1,13 @@
 """State objects to and from (name, JSON-ready dict), with one cattrs converter per machine.
 
 JSON, never pickle: operators read and write `sm_workflows.data` in SQL. Datetimes are ISO 8601
-with a time zone. Structuring is strict (``"ten"`` is not an int, ``"10"`` is not one either), so
-data forced by hand that does not fit its class is caught when it is loaded, with an error that
-names the workflow, the state and the field.
+with a time zone. State classes evolve with workflows in flight: new fields take defaults, a
+renamed class lists its old name in ``__state_aliases__``, and a ``__upcast__(data) -> data``
+static method rewrites an old shape of stored data before it is loaded.
+
+Structuring is strict (``"ten"`` is not an int, ``"10"`` is not one either), so data forced by
+hand that does not fit its class is caught when it is loaded, with an error that names the
+workflow, the state and the field.
 """
 
 from __future__ import annotations
@@ -123,11 +127,18 @@ class StateCodec:
     def load(self, name: str, data: Any, *, workflow: object = None) -> object:
         """The state object for a stored (name, data); `DataError` names what does not fit."""
         where = f"workflow {workflow}: " if workflow is not None else ""
-        cls = self.spec.states.get(name)
+        cls = self.spec.states.get(name) or self.spec.aliases.get(name)
         if cls is None:
             raise UnknownMachine(f"{where}machine {self.spec.name} has no state named {name!r}")
         if not isinstance(data, dict):
             raise DataError(f"{where}state {name}: data must be a JSON object, got {data!r}")
+        upcast = getattr(cls, "__upcast__", None)
+        if upcast is not None:
+            try:
+                data = upcast(dict(data))
+            except Exception as e:
+                raise DataError(f"{where}state {name}: __upcast__ failed: "
+                                f"{type(e).__name__}: {e}") from e
         try:
             return self.converter.structure(data, cls)
         except Exception as e:
