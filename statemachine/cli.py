@@ -84,6 +84,14 @@ def load_schedules(spec: str) -> list[Schedule]:
     return [s for s in _import_app(spec) if isinstance(s, Schedule)]
 
 
+def _json_option(data: str) -> Any:
+    """The value of a ``--data`` option, or a usage error saying why it is not JSON."""
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
+
+
 def _machine(obj: _Obj, name: str, app: str | None) -> type[Machine]:
     if app:
         load_machines(app)
@@ -155,10 +163,7 @@ def worker(obj: _Obj, app: str, concurrency: int, lease: float, poll: float, gra
 def start(obj: _Obj, machine: str, data: str, key: str | None, app: str | None) -> None:
     """Start a workflow of MACHINE in its initial state; prints its id."""
     cls = _machine(obj, machine, app)
-    try:
-        fields = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
+    fields = _json_option(data)
     state = StateCodec(cls.spec).load(cls.spec.initial.__name__, fields)
     click.echo(Client(obj.store, [cls]).start(cls, state, key=key))
 
@@ -260,10 +265,7 @@ def resolve(obj: _Obj, workflow_id: str, rerun: bool, to_state: str | None, data
     if to_state is not None:
         info = client.get(workflow_id)
         codec = client.codec_for(info.machine)
-        try:
-            fields = json.loads(data)
-        except json.JSONDecodeError as e:
-            raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
+        fields = _json_option(data)
         target = codec.load(to_state, fields)
     version = client.resolve(workflow_id, to=target, reason="resolved from the CLI")
     click.echo(f"workflow {workflow_id} resolved (version {version})")
@@ -290,10 +292,7 @@ def cancel(obj: _Obj, workflow_id: str, reason: str, app: str | None) -> None:
 @click.pass_obj
 def send(obj: _Obj, workflow_id: str, event_type: str, data: str, app: str | None) -> None:
     """Send an event of EVENT_TYPE to a workflow."""
-    try:
-        fields = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
+    fields = _json_option(data)
     event_id = _client(obj, app).send_data(workflow_id, event_type, fields)
     click.echo(f"event {event_id} sent")
 
@@ -326,10 +325,7 @@ def force(obj: _Obj, workflow_id: str, state: str, data: str, app: str | None,
     """Put a workflow in STATE (checked against its class) and make it due now."""
     client = _client(obj, app)
     info = client.get(workflow_id)
-    try:
-        fields = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
+    fields = _json_option(data)
     target = client.codec_for(info.machine).load(state, fields)
     version = client.force(workflow_id, target, reason=reason)
     click.echo(f"workflow {workflow_id} forced to {state} (version {version})")

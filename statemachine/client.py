@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from .definition import Machine, lookup_machine
+from .definition import Machine
 from .errors import (
     DataError,
     InvalidOperation,
@@ -21,7 +21,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .schema import FINISHED_STATUSES
-from .serde import StateCodec
+from .serde import Codecs, StateCodec
 from .store import Change, Store
 
 __all__ = ["Client", "HistoryEntry", "WorkflowInfo"]
@@ -82,26 +82,14 @@ class Client:
     def __init__(self, store: Store | str | None = None,
                  machines: Iterable[type[Machine] | Machine] = ()) -> None:
         self.store = store if isinstance(store, Store) else Store(store)
-        self._codecs: dict[str, StateCodec] = {}
-        for m in machines:
-            spec = m.spec
-            self._codecs[spec.name] = StateCodec(spec)
+        self.codecs = Codecs(m.spec for m in machines)
 
     def codec_for(self, machine: str) -> StateCodec:
         """The codec of `machine`; `UnknownMachine` if this process does not know it."""
-        codec = self._codec(machine)
+        codec = self.codecs.get(machine)
         if codec is None:
             raise UnknownMachine(f"machine {machine} is not known to this process (pass the "
                                  "machine to Client, or --app on the command line)")
-        return codec
-
-    def _codec(self, machine: str) -> StateCodec | None:
-        codec = self._codecs.get(machine)
-        if codec is None:
-            cls = lookup_machine(machine)
-            if cls is None:
-                return None
-            codec = self._codecs[machine] = StateCodec(cls.spec)
         return codec
 
     # -- starting ----------------------------------------------------------------------------
@@ -118,8 +106,7 @@ class Client:
             raise InvalidOperation(
                 f"machine {spec.name} starts in {spec.initial.__name__}, not "
                 f"{type(state).__name__}")
-        codec = self._codecs.get(spec.name) or StateCodec(spec)
-        self._codecs[spec.name] = codec
+        codec = self.codecs.of(spec)
         name, data = codec.dump(state)
         workflow_id, _created = self.store.insert_workflow(
             machine=spec.name, state=name, data=data, key=key)
@@ -131,7 +118,7 @@ class Client:
     ) -> list[uuid.UUID]:
         """Start one workflow per state in a single transaction (bulk, no keys)."""
         spec = machine.spec
-        codec = self._codecs.get(spec.name) or StateCodec(spec)
+        codec = self.codecs.of(spec)
         rows = []
         for s in states:
             if type(s) is not spec.initial:
@@ -210,7 +197,7 @@ class Client:
         with their parent. Recorded in history with `reason` (say who asked)."""
         wid = _uuid(workflow_id)
         info = self.get(wid)
-        codec = self._codec(info.machine)
+        codec = self.codecs.get(info.machine)
         direct = False
         if codec is not None and info.state is not None:
             direct = not codec.spec.cancel_applies(type(info.state))
@@ -227,7 +214,7 @@ class Client:
         info = self.get(wid)
         if info.finished:
             raise InvalidOperation(f"workflow {wid} is {info.status}: it accepts no more events")
-        codec = self._codec(info.machine)
+        codec = self.codecs.get(info.machine)
         if codec is None:
             raise UnknownMachine(f"machine {info.machine} is not known to this process")
         name, data = codec.dump_event(event)
@@ -238,7 +225,7 @@ class Client:
     def send_data(self, workflow_id: WorkflowId, event_type: str, data: Any) -> uuid.UUID:
         """`send` an event given by type name and JSON data (what the CLI does)."""
         info = self.get(workflow_id)
-        codec = self._codec(info.machine)
+        codec = self.codecs.get(info.machine)
         if codec is None:
             raise UnknownMachine(f"machine {info.machine} is not known to this process")
         return self.send(info.id, codec.load_event(event_type, data))
@@ -247,7 +234,7 @@ class Client:
         """Put the workflow in `state` and make it due now, whatever it was doing (an in-flight
         handler's result is then discarded). The Python twin of the SQL in docs/how-to/sql.md."""
         info = self.get(workflow_id)
-        codec = self._codec(info.machine)
+        codec = self.codecs.get(info.machine)
         if codec is None:
             raise UnknownMachine(f"machine {info.machine} is not known to this process")
         name, data = codec.dump(state)
@@ -283,7 +270,7 @@ class Client:
     def _info(self, row: Any) -> WorkflowInfo:
         state: object | None = None
         load_error: str | None = None
-        codec = self._codec(row.machine)
+        codec = self.codecs.get(row.machine)
         if codec is None:
             load_error = f"machine {row.machine} is not known to this process"
         else:

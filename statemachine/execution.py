@@ -30,7 +30,7 @@ from .outcome import (
     park_change,
     transition_change,
 )
-from .serde import StateCodec
+from .serde import Codecs, StateCodec
 from .store import Change, ChildStart, ClaimedRow, Committed, Store
 
 __all__ = ["Loaded", "Runner"]
@@ -88,7 +88,7 @@ class Runner:
         # Rows inside an at-most-once handler: never give them back on shutdown (a new claim
         # after their lease expires sees the unfinished attempt and reconciles).
         self.unreleasable: set[uuid.UUID] = set()
-        self._codecs: dict[str, StateCodec] = {n: m.codec for n, m in machines.items()}
+        self.codecs = Codecs(m.spec for m in machines.values())
 
     def run(self, row: ClaimedRow) -> None:
         """Run `row`, and the states that follow it at once while the lease is kept."""
@@ -474,7 +474,7 @@ class Runner:
         results = []
         for child in self.store.children_of(row.id):
             loaded_state: object | None = None
-            codec = self._codec(child.machine)
+            codec = self.codecs.get(child.machine)
             if codec is not None and child.status in ("done", "failed", "cancelled"):
                 try:
                     loaded_state = codec.load(child.state, child.data, workflow=child.id)
@@ -507,17 +507,6 @@ class Runner:
 
     # -- context -----------------------------------------------------------------------------
 
-    def _codec(self, machine: str) -> StateCodec | None:
-        codec = self._codecs.get(machine)
-        if codec is None:
-            from .definition import lookup_machine
-
-            cls = lookup_machine(machine)
-            if cls is None:
-                return None
-            codec = self._codecs[machine] = StateCodec(cls.spec)
-        return codec
-
     def _context(self, row: ClaimedRow, pending: _Pending,
                  connection: Connection | None = None) -> Context:
         def start_child(machine: Any, state: object, key: str | None) -> uuid.UUID:
@@ -525,9 +514,7 @@ class Runner:
             if type(state) is not spec.initial:
                 raise StateMachineError(f"machine {spec.name} starts in "
                                         f"{spec.initial.__name__}, not {type(state).__name__}")
-            codec = self._codecs.get(spec.name) or StateCodec(spec)
-            self._codecs.setdefault(spec.name, codec)
-            name, data = codec.dump(state)
+            name, data = self.codecs.of(spec).dump(state)
             child = ChildStart(id=uuid.uuid4(), machine=spec.name, state=name, data=data,
                                key=key)
             pending.children.append(child)

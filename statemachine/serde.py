@@ -12,17 +12,17 @@ workflow, the state and the field.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 import cattrs
 from cattrs.preconf.json import make_converter
 
-from .definition import MachineSpec, state_name
+from .definition import MachineSpec, lookup_machine, state_name
 from .errors import DataError, UnknownMachine
 
-__all__ = ["StateCodec", "make_state_converter"]
+__all__ = ["Codecs", "StateCodec", "make_state_converter"]
 
 
 def _strict(kind: type) -> Callable[[Any, type], Any]:
@@ -143,3 +143,28 @@ class StateCodec:
             return self.converter.structure(data, cls)
         except Exception as e:
             raise DataError(f"{where}state {name}: {_describe(e, 'data')}") from e
+
+
+class Codecs:
+    """Codecs by machine name: the machines given up front, then any machine class imported in
+    this process (found by its stored name)."""
+
+    def __init__(self, specs: Iterable[MachineSpec] = ()) -> None:
+        self._codecs = {spec.name: StateCodec(spec) for spec in specs}
+
+    def get(self, machine: str) -> StateCodec | None:
+        """The codec of `machine`, or None if this process does not know it."""
+        codec = self._codecs.get(machine)
+        if codec is None:
+            cls = lookup_machine(machine)
+            if cls is None:
+                return None
+            codec = self._codecs[machine] = StateCodec(cls.spec)
+        return codec
+
+    def of(self, spec: MachineSpec) -> StateCodec:
+        """The codec of a machine given by its spec (made once)."""
+        codec = self._codecs.get(spec.name)
+        if codec is None or codec.spec is not spec:
+            codec = self._codecs[spec.name] = StateCodec(spec)
+        return codec
