@@ -40,8 +40,11 @@ def short_error(e: DBAPIError) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
-def make_engine(url: str, isolation_level: str | None, pool_size: int) -> Engine:
-    """An engine for `url`; `isolation_level` becomes the session default on PostgreSQL."""
+def make_engine(url: str, isolation_level: str | None, pool_size: int, *,
+                autocommit: bool = False) -> Engine:
+    """An engine for `url`; `isolation_level` becomes the session default on PostgreSQL.
+    `autocommit`: connections in autocommit mode from the start, for single statements (set once
+    per connection, not on every checkout, and nothing to roll back when one is returned)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
@@ -60,6 +63,9 @@ def make_engine(url: str, isolation_level: str | None, pool_size: int) -> Engine
         options = " ".join(filter(None, [str(parsed.query.get("options", "")),
                                          f"-c default_transaction_isolation={level}"]))
         parsed = parsed.update_query_dict({"options": options})
+    if autocommit:
+        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size,
+                             isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)
 
 

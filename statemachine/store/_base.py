@@ -55,10 +55,14 @@ class StoreBase:
         ``cockroachdb+psycopg://...``) or an engine. `clock`: force a clock (tests); by default
         servers use their own ``now()``. `isolation_level`: e.g. ``"SERIALIZABLE"`` for every
         transaction on PostgreSQL (CockroachDB always is)."""
+        autocommit: Engine | None = None
         if isinstance(url, Engine):
             self.engine = url
         else:
-            self.engine = make_engine(url or default_database_url(), isolation_level, pool_size)
+            url = url or default_database_url()
+            self.engine = make_engine(url, isolation_level, pool_size)
+            if self.engine.dialect.name != "sqlite":
+                autocommit = make_engine(url, isolation_level, pool_size, autocommit=True)
         self.dialect = self.engine.dialect.name
         self.is_sqlite = self.dialect == "sqlite"
         self.server_clock = clock is None and not self.is_sqlite
@@ -68,14 +72,15 @@ class StoreBase:
         # Statements built once per shape and reused: SQLAlchemy then skips rebuilding them and
         # recomputing their cache keys on the hot path.
         self._statements: dict[Any, Any] = {}
-        self._autocommit = (
+        self._autocommit = autocommit or (
             self.engine if self.is_sqlite
-            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT"))
 
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self._autocommit is not self.engine:
+            self._autocommit.dispose()
 
     # -- in-process wake-ups ------------------------------------------------------------------
 

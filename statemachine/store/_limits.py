@@ -68,12 +68,15 @@ class LimitStatements(WorkflowStatements):
         0.0 if recorded, else the seconds until the oldest of them leaves the window."""
 
         def run(conn: Connection) -> float:
-            now: datetime = conn.execute(select(self.now())).scalar_one()
-            stamp = now.timestamp()
-            conn.execute(self._upsert()(lw).values(key=key, recent=[], updated_at=now)
+            conn.execute(self._upsert()(lw).values(key=key, recent=[], updated_at=self.now())
                          .on_conflict_do_nothing())
             recent = conn.execute(select(lw.c.recent).where(lw.c.key == key)
                                   .with_for_update()).scalar_one()
+            # The start's time is read once the row lock is held: a transaction that queued for
+            # the lock must not stamp the start with the (earlier) time it began.
+            clock = func.clock_timestamp() if self.server_clock else self.now()
+            now: datetime = conn.execute(select(clock)).scalar_one()
+            stamp = now.timestamp()
             recent = [t for t in recent if t > stamp - window]
             if len(recent) >= count:
                 return max(0.001, float(recent[-count]) + window - stamp)

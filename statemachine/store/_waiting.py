@@ -58,9 +58,13 @@ class WaitingStatements(WorkflowStatements):
                 return False
             if children_ready is not None and children_ready(conn):
                 return False
+            # A cancel asked for while this worker looked (the row was running, so the request
+            # left wake_at alone) must not sleep until the deadline: due now, it is carried out.
+            sleep_until = None if deadline is None else literal(deadline, UTCDateTime())
             conn.execute(update(w).where(w.c.id == row.id).values(
                 status="waiting", lease_token=None, lease_owner=None, updated_at=self.now(),
-                wake_at=None if deadline is None else literal(deadline, UTCDateTime())))
+                wake_at=case((w.c.cancel_requested.is_not(None), self.now()),
+                             else_=sleep_until)))
             return True
 
         return self.transaction(run)
