@@ -418,8 +418,9 @@ def test_a_full_workflow_sends_only_portable_sql(store: Store) -> None:
             with lock:
                 built.append(clause)
 
-    event.listen(store.engine, "before_cursor_execute", on_cursor)
-    event.listen(store.engine, "before_execute", on_execute)
+    for engine in store.engines:
+        event.listen(engine, "before_cursor_execute", on_cursor)
+        event.listen(engine, "before_execute", on_execute)
     machine = Publishing()
     client = Client(store, [Publishing])
     try:
@@ -437,8 +438,9 @@ def test_a_full_workflow_sends_only_portable_sql(store: Store) -> None:
             client.retry(parked)
             finished = [client.wait(w, timeout=10) for w in (flaky, parked, by_sql, by_api)]
     finally:
-        event.remove(store.engine, "before_cursor_execute", on_cursor)
-        event.remove(store.engine, "before_execute", on_execute)
+        for engine in store.engines:
+            event.remove(engine, "before_cursor_execute", on_cursor)
+            event.remove(engine, "before_execute", on_execute)
 
     assert [f.status for f in finished] == ["done"] * 4
     assert client.get(cancelled).status == "cancelled"

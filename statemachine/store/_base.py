@@ -76,6 +76,14 @@ class StoreBase:
             self.engine if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT"))
 
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """Every engine the store runs SQL on (transactions, and single autocommit statements):
+        attach event listeners (SQL logging, statement counts) to each."""
+        if self._autocommit is self.engine:
+            return (self.engine,)
+        return (self.engine, self._autocommit)
+
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
