@@ -86,6 +86,7 @@ class Worker:
         self.abandoned = 0  # handlers still running when stop() gave their workflows back
         self._threads: list[threading.Thread] = []
         self.schedules = list(schedules)
+        self._names = list(self.machines)
         self.runner = Runner(
             store, self.machines, worker=self.name, lease=lease, on_change=on_change,
             sticky=lambda: self.sticky and not self._stopping.is_set(),
@@ -171,7 +172,7 @@ class Worker:
     # -- claiming ----------------------------------------------------------------------------
 
     def _claim_loop(self) -> None:
-        names = list(self.machines)
+        names = self._names
         idle_wait = self.min_poll_interval
         last_sweep = 0.0
         while not self._stopping.is_set():
@@ -263,14 +264,35 @@ class Worker:
     # -- running -----------------------------------------------------------------------------
 
     def _run_safely(self, row: ClaimedRow) -> None:
+        current: ClaimedRow | None = row
+        while current is not None:
+            try:
+                self.runner.run(current)
+            except Exception:
+                # A bug or a database outage: the lease will expire and another attempt runs.
+                log.exception("worker %s: unexpected error running workflow %s", self.name,
+                              current.id)
+            finally:
+                with self._lock:
+                    self._inflight.pop(current.id, None)
+            current = self._claim_next()
+
+    def _claim_next(self) -> ClaimedRow | None:
+        """While busy, a handler thread that finished takes its next workflow itself: no hand-off
+        through the claimer thread (which still claims for idle slots and wake-ups)."""
+        if not self.sticky or self._stopping.is_set():
+            return None
         try:
-            self.runner.run(row)
-        except Exception:
-            # A bug or a database outage: the lease will expire and another attempt will run.
-            log.exception("worker %s: unexpected error running workflow %s", self.name, row.id)
-        finally:
-            with self._lock:
-                self._inflight.pop(row.id, None)
+            rows = self.store.claim(owner=self.name, machines=self._names, limit=1,
+                                    lease=self.lease)
+        except StateMachineError as e:
+            log.warning("worker %s: claim failed: %s", self.name, e)
+            return None
+        if not rows:
+            return None
+        with self._lock:
+            self._inflight[rows[0].id] = (rows[0].lease_token, self.lease)
+        return rows[0]
 
     def _extend_lease(self, row: ClaimedRow, seconds: float) -> None:
         with self._lock:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    ColumnElement,
     Connection,
     Integer,
     Text,
@@ -114,49 +112,58 @@ class WorkflowStatements(StoreBase):
         if limit <= 0 or not machines:
             return []
         token = uuid.uuid4().hex
-        recorded = exists().where(h.c.workflow_id == w.c.id, h.c.version == w.c.version)
-        lease_values = dict(
-            status="running", lease_token=token, lease_owner=owner, wake_at=self.later(lease),
-            attempt=w.c.attempt + 1, updated_at=self.now())
-
-        def due(now: ColumnElement[datetime]) -> Any:
-            return and_(w.c.wake_at.is_not(None), w.c.wake_at <= now,
-                        w.c.status.in_(("ready", "running", "waiting")),
-                        w.c.machine.in_(machines))
-
+        params = {"p_machines": list(machines), "p_limit": limit, "p_token": token,
+                  "p_owner": owner, "p_lease": self._later_value(lease), **self._now_value()}
+        stmts = self._statements.get("claim")
+        if stmts is None:
+            stmts = self._statements["claim"] = self._claim_statements()
         if self.is_sqlite:
+            pick, lease_them = stmts
+
             def run_sqlite(conn: Connection) -> list[ClaimedRow]:
-                rows = conn.execute(
-                    select(w.c.id, w.c.machine, w.c.state, w.c.data, w.c.version,
-                           w.c.entered_version, w.c.attempt, w.c.status, recorded.label("rec"),
-                           w.c.parent_id, w.c.cancel_requested, w.c.in_doubt)
-                    .where(due(self.now())).order_by(w.c.wake_at).limit(limit)).all()
-                if not rows:
-                    return []
-                ids = [r.id for r in rows]
-                conn.execute(update(w).where(w.c.id.in_(ids)).values(**lease_values))
+                rows = conn.execute(pick, params).all()
+                if rows:
+                    conn.execute(lease_them, {**params, "p_ids": [r.id for r in rows]})
                 return [ClaimedRow(r.id, r.machine, r.state, r.data, r.version, r.entered_version,
                                    r.attempt + 1, token, r.status, not r.rec, r.parent_id,
                                    r.cancel_requested, r.in_doubt) for r in rows]
 
             return self.transaction(run_sqlite)
 
-        picked = (
-            select(w.c.id, w.c.status).where(due(self.now())).order_by(w.c.wake_at).limit(limit)
-            .with_for_update(skip_locked=True).subquery("picked"))
-        stmt = (
-            update(w).where(w.c.id == picked.c.id).values(**lease_values)
-            .returning(w.c.id, w.c.machine, w.c.state, w.c.data, w.c.version, w.c.entered_version,
-                       w.c.attempt, picked.c.status, recorded.label("rec"), w.c.parent_id,
-                       w.c.cancel_requested, w.c.in_doubt))
-
         def run(conn: Connection) -> list[ClaimedRow]:
             return [ClaimedRow(r.id, r.machine, r.state, r.data, r.version, r.entered_version,
                                r.attempt, token, r.status, not r.rec, r.parent_id,
                                r.cancel_requested, r.in_doubt)
-                    for r in conn.execute(stmt)]
+                    for r in conn.execute(stmts, params)]
 
         return self._single(run)
+
+    def _claim_statements(self) -> Any:
+        """The claim, built once: one UPDATE over a locked subquery on servers; a SELECT and an
+        UPDATE (under SQLite's write lock) on SQLite."""
+        now = self._now_param()
+        recorded = exists().where(h.c.workflow_id == w.c.id, h.c.version == w.c.version)
+        due = and_(w.c.wake_at.is_not(None), w.c.wake_at <= now,
+                   w.c.status.in_(("ready", "running", "waiting")),
+                   w.c.machine.in_(bindparam("p_machines", expanding=True)))
+        lease_values = dict(
+            status="running", lease_token=bindparam("p_token", type_=Text()),
+            lease_owner=bindparam("p_owner", type_=Text()), wake_at=self._later_param("p_lease"),
+            attempt=w.c.attempt + 1, updated_at=now)
+        columns = (w.c.id, w.c.machine, w.c.state, w.c.data, w.c.version, w.c.entered_version,
+                   w.c.attempt)
+        extra = (recorded.label("rec"), w.c.parent_id, w.c.cancel_requested, w.c.in_doubt)
+        limit = bindparam("p_limit", type_=Integer())
+        if self.is_sqlite:
+            pick = (select(*columns, w.c.status, *extra).where(due).order_by(w.c.wake_at)
+                    .limit(limit))
+            lease_them = (update(w).where(w.c.id.in_(bindparam("p_ids", expanding=True)))
+                          .values(**lease_values))
+            return pick, lease_them
+        picked = (select(w.c.id, w.c.status).where(due).order_by(w.c.wake_at).limit(limit)
+                  .with_for_update(skip_locked=True).subquery("picked"))
+        return (update(w).where(w.c.id == picked.c.id).values(**lease_values)
+                .returning(*columns, picked.c.status, *extra))
 
     def renew_leases(self, ids: Sequence[uuid.UUID], token: str, lease: float) -> set[uuid.UUID]:
         """Push the lease expiry of rows this worker still holds; returns the ids still held."""
