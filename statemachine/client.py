@@ -143,15 +143,21 @@ class Client:
         """Block until the workflow is finished (done, failed or cancelled); returns it.
         Raises `WaitTimeout` after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while True:
-            info = self.get(workflow_id)
-            if info.finished:
-                return info
-            if time.monotonic() >= deadline:
-                raise WaitTimeout(f"workflow {info.id} still {info.status} in {info.state_name} "
-                                  f"after {timeout}s")
-            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
-            poll = min(poll * 1.5, 0.5)
+        wid = _uuid(workflow_id)
+        # A worker in this process says when it finishes the workflow; others are polled for.
+        finished = self.store.watch(wid)
+        try:
+            while True:
+                info = self.get(wid)
+                if info.finished:
+                    return info
+                if time.monotonic() >= deadline:
+                    raise WaitTimeout(f"workflow {info.id} still {info.status} in "
+                                      f"{info.state_name} after {timeout}s")
+                finished.wait(min(poll, max(0.0, deadline - time.monotonic())))
+                poll = min(poll * 1.5, 0.5)
+        finally:
+            self.store.unwatch(wid, finished)
 
     def list(self, *, machine: str | None = None, status: str | None = None,
              state: str | None = None, limit: int = 100) -> builtins.list[WorkflowInfo]:

@@ -369,6 +369,8 @@ class Runner:
     def _committed(self, change: Change, done: Committed, row: ClaimedRow) -> ClaimedRow | None:
         """After a commit: count it, report it, and continue with the next state if sticky."""
         self.transitions += 1
+        if change.status in ("done", "failed", "cancelled"):
+            self.store.finished(change.workflow_id)
         if self.on_change is not None:
             self.on_change(change, done.version)
         if change.keep_lease is None:

@@ -244,7 +244,7 @@ def attrs_examples(cls: type, conn: RecordingConnection) -> list[Any]:
 
 # Public Store methods that run no SQL of their own (or only DDL, checked below).
 NOT_SQL = {"dispose", "subscribe", "unsubscribe", "notify", "transaction", "now", "later",
-           "connect", "migrate"}
+           "connect", "migrate", "watch", "unwatch", "finished", "engines"}
 
 
 def drive(store: Store, name: str, monkeypatch: pytest.MonkeyPatch

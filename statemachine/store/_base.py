@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -69,6 +70,8 @@ class StoreBase:
         self.clock: Clock = clock or SystemClock()
         self.max_retries = max_retries
         self._listeners: list[Callable[[], None]] = []
+        self._watchers: dict[uuid.UUID, list[threading.Event]] = {}
+        self._watch_lock = threading.Lock()
         # Statements built once per shape and reused: SQLAlchemy then skips rebuilding them and
         # recomputing their cache keys on the hot path.
         self._statements: dict[Any, Any] = {}
@@ -100,6 +103,31 @@ class StoreBase:
         """Stop calling `listener`."""
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    def watch(self, workflow_id: uuid.UUID) -> threading.Event:
+        """An event set when a worker of this process commits a finished status (done, failed,
+        cancelled) for `workflow_id`. Call `unwatch` when done with it."""
+        event = threading.Event()
+        with self._watch_lock:
+            self._watchers.setdefault(workflow_id, []).append(event)
+        return event
+
+    def unwatch(self, workflow_id: uuid.UUID, event: threading.Event) -> None:
+        """Forget an event made by `watch`."""
+        with self._watch_lock:
+            events = self._watchers.get(workflow_id, [])
+            if event in events:
+                events.remove(event)
+            if not events:
+                self._watchers.pop(workflow_id, None)
+
+    def finished(self, workflow_id: uuid.UUID) -> None:
+        """A worker of this process finished `workflow_id`: wake whoever watches it."""
+        if self._watchers:
+            with self._watch_lock:
+                events = list(self._watchers.get(workflow_id, ()))
+            for event in events:
+                event.set()
 
     def notify(self) -> None:
         """Wake this process's workers: there is new work."""

@@ -16,6 +16,7 @@ from sqlalchemy import (
     case,
     exists,
     insert,
+    literal,
     select,
     update,
 )
@@ -50,10 +51,44 @@ class WorkflowStatements(StoreBase):
         wake_after: float = 0.0,
     ) -> tuple[uuid.UUID, bool]:
         """Insert a new workflow and its first history row; returns (id, created). With a `key`
-        already used for this machine, returns the existing workflow's id and ``created=False``."""
-        return self.transaction(lambda conn: self.insert_workflow_in(
-            conn, machine=machine, state=state, data=data, key=key, parent_id=parent_id,
-            wake_after=wake_after))
+        already used for this machine, returns the existing workflow's id and ``created=False``.
+        One statement on servers (both inserts in a CTE)."""
+        if self.is_sqlite:
+            return self.transaction(lambda conn: self.insert_workflow_in(
+                conn, machine=machine, state=state, data=data, key=key, parent_id=parent_id,
+                wake_after=wake_after))
+        stmt = self._statements.get("start")
+        if stmt is None:
+            stmt = self._statements["start"] = self._start_statement()
+        new_id = uuid.uuid4()
+        params = {"p_id": new_id, "p_machine": machine, "p_state": state, "p_data": data,
+                  "p_key": key, "p_parent": parent_id, "p_wake": self._later_value(wake_after),
+                  "h_cause": f"key={key}" if key else None, **self._now_value()}
+        if self._single(lambda conn: conn.execute(stmt, params).first()) is not None:
+            return new_id, True
+        existing = select(w.c.id).where(w.c.machine == machine, w.c.key == key)
+        return self._single(lambda conn: conn.execute(existing).scalar_one()), False
+
+    def _start_statement(self) -> Any:
+        now = self._now_param()
+        new = pg_insert(w).values(
+            id=bindparam("p_id", type_=w.c.id.type), machine=bindparam("p_machine", type_=Text()),
+            state=bindparam("p_state", type_=Text()), data=bindparam("p_data", type_=JSONData),
+            status="ready", version=1, entered_version=1, attempt=0,
+            wake_at=self._later_param("p_wake"), key=bindparam("p_key", type_=Text()),
+            parent_id=bindparam("p_parent", type_=w.c.parent_id.type), created_at=now,
+            updated_at=now,
+        ).on_conflict_do_nothing(index_elements=[w.c.machine, w.c.key],
+                                 index_where=w.c.key.is_not(None)
+                                 ).returning(w.c.id, w.c.state, w.c.data).cte("new")
+        first = insert(h).from_select(
+            ["workflow_id", "version", "kind", "to_state", "data", "status", "attempt", "cause",
+             "finished_at"],
+            select(new.c.id, literal(1, BigInteger()), literal("start", Text()), new.c.state,
+                   new.c.data, literal("ready", Text()), literal(0, Integer()),
+                   bindparam("h_cause", type_=Text()), now),
+        ).returning(h.c.workflow_id).cte("first")
+        return select(first.c.workflow_id)
 
     def insert_workflow_in(
         self, conn: Connection, *, machine: str, state: str, data: Any, key: str | None = None,
