@@ -433,7 +433,10 @@ def _run(args: Sequence[str] | None) -> int:
     except (StateMachineError, ValueError, OSError) as e:
         if debug:
             raise
-        click.echo(f"error: {e}", err=True)
+        hint = ""
+        if any(s in str(e) for s in ("no such table", "no such column", "does not exist")):
+            hint = " (is the schema up to date? run `statemachine migrate`)"
+        click.echo(f"error: {e}{hint}", err=True)
         return 1
     return 0
 

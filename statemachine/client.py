@@ -205,8 +205,9 @@ class Client:
         info = self.get(wid)
         codec = self.codecs.get(info.machine)
         direct = False
-        if codec is not None and info.state is not None:
-            direct = not codec.spec.cancel_applies(type(info.state))
+        if codec is not None:
+            # Data that does not load cannot go through a cancel route: cancel it plainly.
+            direct = info.state is None or not codec.spec.cancel_applies(type(info.state))
         outcome = self.store.request_cancel(wid, reason, direct=direct)
         self.store.notify()
         return outcome
@@ -238,7 +239,8 @@ class Client:
 
     def force(self, workflow_id: WorkflowId, state: object, *, reason: str = "forced") -> int:
         """Put the workflow in `state` and make it due now, whatever it was doing (an in-flight
-        handler's result is then discarded). The Python twin of the SQL in docs/how-to/sql.md."""
+        handler's result is then discarded). The Python twin of the SQL in
+        docs/how-to/operating-by-sql.md."""
         info = self.get(workflow_id)
         codec = self.codecs.get(info.machine)
         if codec is None:

@@ -38,9 +38,16 @@ __all__ = [
     "Failure",
     "Machine",
     "MachineSpec",
+    "Rerun",
     "RetryPolicy",
     "StepHandler",
+    "later",
     "lookup_machine",
+    "on_cancel",
+    "on_children",
+    "on_event",
+    "on_timeout",
+    "rerun",
     "state_name",
     "step",
 ]
@@ -144,6 +151,19 @@ def later(state: S, *, after: timedelta | float | None = None,
         raise ValueError(f"later(at={at!r}): give the time a time zone")
     seconds = after.total_seconds() if isinstance(after, timedelta) else after
     return Delayed(state, at=at, after=seconds)
+
+
+@attrs.frozen
+class Rerun:
+    """What a reconcile handler returns when the attempt in doubt did not take effect: run the
+    step again with the same idempotency key (so a service that deduplicates by key also catches
+    an attempt still in flight), after the step's retry backoff and within its attempts. Build it
+    with `rerun`; annotate the reconcile handler ``-> Charged | Rerun``."""
+
+
+def rerun() -> Rerun:
+    """See `Rerun`."""
+    return Rerun()
 
 
 @attrs.frozen
@@ -675,7 +695,8 @@ def _signature(
         raise InvalidDefinition(
             f"{where}: {kind} {name!r} has no return annotation; declare the states it may return "
             "(-> NextState | OtherState)")
-    targets = tuple(_unwrap_delayed(t) for t in _union_members(hints["return"]))
+    targets = tuple(_unwrap_delayed(t) for t in _union_members(hints["return"])
+                    if t is not Rerun or kind != "reconcile")
     for t in targets:
         _check_state_class(where, t, f"{kind} {name!r} returns")
     return sources, targets, event_cls

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -17,11 +18,22 @@ from typing import Any
 
 import attrs
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from .clock import Clock
 from .context import Context
-from .definition import ChildResult, Delayed, Failure, Machine, MachineSpec, StepHandler, state_name
-from .errors import DataError, StateMachineError, UnknownMachine
+from .database import is_retryable
+from .definition import (
+    ChildResult,
+    Delayed,
+    Failure,
+    Machine,
+    MachineSpec,
+    Rerun,
+    StepHandler,
+    state_name,
+)
+from .errors import DataError, StateMachineError, StoreError, UnknownMachine
 from .limits import Limit, RetryAfter
 from .outcome import (
     describe_failure,
@@ -111,6 +123,8 @@ class Runner:
         try:
             state = loaded.codec.load(row.state, row.data, workflow=row.id)
         except (DataError, UnknownMachine) as e:
+            if row.cancel_requested:  # no cancel route can run on data that does not load
+                return self._cancel_plainly(row, started)
             return self._write(park_change(row, str(e), worker=self.worker, started_at=started),
                                row)
         spec = loaded.spec
@@ -222,6 +236,8 @@ class Runner:
             return self._failed_for_good(row, loaded, handler, state, failure, started)
         finally:
             self.unreleasable.discard(row.id)
+        if isinstance(result, Rerun) and kind == "reconciled":
+            return self._rerun(row, loaded, state, started)
         return self._commit_result(row, loaded, handler.name, handler.targets, result, started,
                                    kind=kind, cause=cause, pending=pending, extra=extra)
 
@@ -282,6 +298,24 @@ class Runner:
         reconciler.name, reconciler.targets = route.fn.__name__, route.targets
         return self._invoke(row, loaded, reconciler, state, (), started, kind="reconciled",
                             cause=f"reconcile: {row.in_doubt}")
+
+    def _rerun(self, row: ClaimedRow, loaded: Loaded, state: object,
+               started: datetime) -> ClaimedRow | None:
+        """Reconcile found that the attempt in doubt did not take effect: run the step again,
+        same transition and idempotency key, after its backoff; with no attempts left the step
+        has failed for good (its error route, or parked)."""
+        handler = loaded.spec.steps[type(state)]
+        if row.attempt >= handler.retry.max_attempts:
+            return self._failed_for_good(row, loaded, handler, state, Failure(
+                type="NotApplied", attempt=row.attempt, message=(
+                    f"{row.attempt} attempts of {handler.name} did not take effect (reconciled); "
+                    "no attempts left")), started)
+        return self._write(Change(
+            workflow_id=row.id, version=row.version, lease_token=row.lease_token, kind="rerun",
+            from_state=row.state, to_state=row.state, data=row.data, status="ready",
+            attempt=row.attempt, wake_after=handler.retry.delay(row.attempt), new_state=False,
+            in_doubt="", cause=f"reconcile: {row.in_doubt}", worker=self.worker,
+            started_at=started), row)
 
     def _commit_result(
         self, row: ClaimedRow, loaded: Loaded, handler_name: str, allowed: tuple[type, ...],
@@ -359,12 +393,29 @@ class Runner:
         return self._write(attrs.evolve(change, wake_parent=row.parent_id), row)
 
     def _write(self, change: Change, row: ClaimedRow) -> ClaimedRow | None:
-        done = self.store.commit(change)
+        done = self._commit_persistently(change)
         if done is None:
             log.warning("workflow %s: lease lost or row changed at version %d; result of %s "
                         "discarded", row.id, row.version, row.state)
             return None
         return self._committed(change, done, row)
+
+    def _commit_persistently(self, change: Change) -> Committed | None:
+        """Commit, and under heavy contention keep trying past the store's own retries while the
+        lease still protects the row: the handler has acted, and giving up means running it
+        again after the lease expires."""
+        give_up = time.monotonic() + self.lease / 2
+        while True:
+            try:
+                return self.store.commit(change)
+            except StoreError as e:
+                cause = e.__cause__
+                if not (isinstance(cause, DBAPIError) and is_retryable(cause)) or \
+                        time.monotonic() >= give_up:
+                    raise
+                log.info("workflow %s: commit still contended, trying again: %s",
+                         change.workflow_id, e)
+                time.sleep(0.05 + random.random() * 0.2)
 
     def _committed(self, change: Change, done: Committed, row: ClaimedRow) -> ClaimedRow | None:
         """After a commit: count it, report it, and continue with the next state if sticky."""
@@ -379,7 +430,7 @@ class Runner:
                           version=done.version,
                           # Same state (an in-doubt mark): same transition, same idempotency key.
                           entered_version=done.version if change.new_state else row.entered_version,
-                          attempt=1,
+                          attempt=1 if change.new_state else row.attempt,
                           lease_token=row.lease_token, previous_status="ready",
                           external_change=False, parent_id=row.parent_id,
                           cancel_requested=done.cancel_requested)
@@ -500,6 +551,11 @@ class Runner:
             return self._invoke(row, loaded, spec.cancel, state, (), started, kind="cancel",
                                 cause=reason,
                                 extra={"clear_cancel": True, "cancel_children": reason})
+        return self._cancel_plainly(row, started)
+
+    def _cancel_plainly(self, row: ClaimedRow, started: datetime) -> ClaimedRow | None:
+        """End the workflow `cancelled` (children asked to cancel too, parent told)."""
+        reason = row.cancel_requested or "cancel requested"
         return self._write(Change(
             workflow_id=row.id, version=row.version, lease_token=row.lease_token, kind="cancel",
             from_state=row.state, to_state=row.state, data=row.data, status="cancelled",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Connection,
     Integer,
+    Interval,
     Text,
     and_,
     bindparam,
@@ -320,11 +322,16 @@ class WorkflowStatements(StoreBase):
             status=bindparam("p_status", type_=Text()), version=w.c.version + 1,
             updated_at=now, last_error=bindparam("p_last_error", type_=Text()))
         if keep_lease:
-            values.update(status="running", wake_at=self._later_param("p_wake"), attempt=1)
+            values.update(status="running", wake_at=self._later_param("p_wake"))
+            if new_state:  # a new state starts its first attempt; otherwise the count goes on
+                values["attempt"] = 1
         else:
-            values.update(lease_token=None, lease_owner=None, wake_at={
-                "none": None, "at": bindparam("p_wake_at", type_=UTCDateTime()),
-                "after": self._later_param("p_wake")}[wake])
+            wake_at: Any = {"none": None, "at": bindparam("p_wake_at", type_=UTCDateTime()),
+                             "after": self._later_param("p_wake")}[wake]
+            if wake_at is not None and not clear_cancel:
+                # A cancel asked for while the handler ran is carried out now, not after a timer.
+                wake_at = case((w.c.cancel_requested.is_not(None), now), else_=wake_at)
+            values.update(lease_token=None, lease_owner=None, wake_at=wake_at)
             if attempt_rule == "reset":
                 values["attempt"] = 0
             elif attempt_rule == "uncount":
@@ -361,12 +368,15 @@ class WorkflowStatements(StoreBase):
     def _insert_children(self, conn: Connection, parent: uuid.UUID,
                          children: Sequence[ChildStart]) -> None:
         now = self.now()
-        for child in children:
+        for n, child in enumerate(children):
+            # Start order is queue order: a microsecond apart, since they share a transaction.
+            started = now + literal(timedelta(microseconds=n), Interval()) if self.server_clock \
+                else literal(self.clock.now() + timedelta(microseconds=n), UTCDateTime())
             values = dict(
                 id=child.id, machine=child.machine, state=child.state, data=child.data,
                 status="ready", version=1, entered_version=1, attempt=0,
                 wake_at=None if child.queued else now, key=child.key, parent_id=parent,
-                created_at=now, updated_at=now)
+                created_at=started, updated_at=now)
             conn.execute(insert(w).values(**values))
             conn.execute(insert(h).values(
                 workflow_id=child.id, version=1, kind="start", from_state=None,
