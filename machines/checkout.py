@@ -49,12 +49,12 @@ from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, inser
 
 from statemachine import (
     Context,
-    Delayed,
     Failure,
     Machine,
     PermanentError,
+    Rerun,
     RetryPolicy,
-    later,
+    rerun,
     step,
 )
 
@@ -80,7 +80,6 @@ class CheckoutStarted:
 class StockReserved:
     order: Order
     reservation_id: str
-    charge_tries: int = 0  # charges that surely did not happen (see find_charge)
 
 
 @attrs.frozen
@@ -278,9 +277,6 @@ class CheckoutSaga(Machine, abstract=True):
     initial = CheckoutStarted
     terminal = (Completed, OutOfStock, Refunded, PaymentDeclined, PaymentFailed)
 
-    # How often, and how far apart, a charge that surely did not happen is tried again.
-    charge_retry = RetryPolicy(max_attempts=5, initial_delay=0.5, max_delay=60.0)
-
     def __init__(self, *, payments_url: str, stock_url: str, subscriptions_url: str,
                  http: httpx.Client | None = None) -> None:
         self.http = http or httpx.Client(timeout=10.0)
@@ -351,7 +347,7 @@ class Checkout(CheckoutSaga):
 
     @charge_card.reconcile
     def find_charge(self, state: StockReserved, ctx: Context
-                    ) -> Charged | Delayed[StockReserved] | ReleasingStock:
+                    ) -> Charged | ReleasingStock | Rerun:
         # Runs instead of charge_card after an attempt that may have charged. Same transition,
         # so ctx.idempotency_key is the key that attempt sent.
         charge = self.payments.find_charge(ctx.idempotency_key)
@@ -361,13 +357,10 @@ class Checkout(CheckoutSaga):
             return ReleasingStock(state.order, state.reservation_id, Failure(
                 type=CardDeclined.__name__, message=f"charge {charge['id']} failed",
                 attempt=ctx.attempt, permanent=True))
-        # It surely did not happen: charge again (a new transition, so a new key), after a pause.
-        tries = state.charge_tries + 1
-        if tries >= self.charge_retry.max_attempts:
-            return ReleasingStock(state.order, state.reservation_id, Failure(
-                type="PaymentUnavailable", message=f"no charge after {tries} tries",
-                attempt=ctx.attempt, permanent=True))
-        return later(attrs.evolve(state, charge_tries=tries), after=self.charge_retry.delay(tries))
+        # It did not happen: charge again with the SAME key, after the step's retry backoff. Were
+        # that attempt still in flight somewhere (a frozen worker), the service would dedupe it.
+        # With no attempts left the step fails for good: its error route releases the stock.
+        return rerun()
 
     @charge_card.on_error
     def charge_refused(self, state: StockReserved, failure: Failure,

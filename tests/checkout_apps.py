@@ -39,7 +39,7 @@ from machines.checkout import (
     StockReserved,
     from_env,
 )
-from statemachine import Context, Delayed, Failure, Machine, RetryPolicy, later, step
+from statemachine import Context, Delayed, Failure, Machine, later, step
 
 # -- pause points --------------------------------------------------------------------------------
 
@@ -181,15 +181,9 @@ class PaymentReminder(Machine):
 
 # -- the factories ``--app`` calls ---------------------------------------------------------------
 
-# Tests do not wait seconds between charges that surely did not happen.
-FAST_CHARGE_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.1, max_delay=1.0)
-
-
 def _checkout(machine: type[CheckoutSaga]) -> CheckoutSaga:
     _install_sql_pause()
-    configured = from_env(machine, http=_http())
-    configured.charge_retry = FAST_CHARGE_RETRY
-    return configured
+    return from_env(machine, http=_http())
 
 
 def checkout() -> CheckoutSaga:

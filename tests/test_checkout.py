@@ -275,10 +275,10 @@ def test_at_most_once_charge_killed_mid_call_is_reconciled(
                              ("reconciled", "StockReserved", "Charged"),
                              ("transition", "Charged", "SubscriptionExtended")]
     else:
-        # Nothing was sent: w2 found no charge and charged, with a new key.
-        assert keys(shop.payments, "POST /charges") == [f"{wid}:4"]
+        # Nothing was sent: w2 found no charge and reran the step with the same key.
+        assert keys(shop.payments, "POST /charges") == [f"{wid}:2"]
         assert hist[2:6] == [("in_doubt", "StockReserved", "StockReserved"),
-                             ("reconciled", "StockReserved", "StockReserved"),
+                             ("rerun", "StockReserved", "StockReserved"),
                              ("transition", "StockReserved", "Charged"),
                              ("transition", "Charged", "SubscriptionExtended")]
     assert [(h.worker, h.attempt) for h in history_of(db, wid) if h.kind == "in_doubt"] \
@@ -327,7 +327,6 @@ def test_at_most_once_without_reconcile_parks_in_doubt_until_resolved(
             # The operator asks the payment service what happened and tells the workflow.
             [charge] = shop.payments.succeeded("A1")
             data = {**parked.data, "charge_id": charge["id"]}
-            del data["charge_tries"]
             workers.cli("resolve", str(wid), "--to", "Charged", "--data", json.dumps(data),
                         "--app", "tests.checkout_apps:CheckoutInDoubt")
         else:
@@ -402,16 +401,16 @@ def test_saga_refunds_once_and_releases_or_releases_after_a_decline(
         ("transition", "ReleasingStock", "PaymentDeclined"),
     ]
 
-    # The payment service never charged A4: reconcile tried again (each time with a new key,
-    # after a pause) as often as the machine's charge_retry allows (3 in tests), then gave up.
+    # The payment service never charged A4: reconcile found nothing each time and reran the
+    # charge with the same key, after the step's backoff, until its attempts (5) were used;
+    # then the step failed for good and its error route released the stock.
     assert c.state == "PaymentFailed"
-    assert c.data["failure"]["type"] == "PaymentUnavailable"
+    assert c.data["failure"]["type"] == "NotApplied"
     a4 = [r for r in shop.payments.received("POST /charges") if r.body["order_id"] == "A4"]
-    assert [r.idempotency_key for r in a4] == [f"{unavailable}:{v}" for v in (2, 4, 6)]
-    assert [r.status for r in a4] == [503] * 3
+    assert [r.idempotency_key for r in a4] == [f"{unavailable}:2"] * 5
+    assert [r.status for r in a4] == [503] * 5
     assert [k for k, _, _ in moves(db, unavailable)][2:] == [
-        "in_doubt", "reconciled", "in_doubt", "reconciled", "in_doubt", "reconciled",
-        "transition"]
+        *["in_doubt", "rerun"] * 4, "in_doubt", "error_route", "transition"]
 
     assert shop.stock.available("tee") == 10  # every reservation released
     assert shop.stock.released_count == 3
@@ -421,14 +420,15 @@ def test_saga_refunds_once_and_releases_or_releases_after_a_decline(
 # -- 5. what at-most-once costs -------------------------------------------------------------------
 
 
-def test_at_most_once_is_only_as_good_as_the_lease(
+def test_a_worker_frozen_past_its_lease_does_not_charge_twice(
     db_url: str, store: Store, db: Engine, shop: Shop, tmp_path: Path,
 ) -> None:
     """A worker frozen (SIGSTOP: a VM pause, a long GC) past its lease, just before it sends the
-    charge: another worker takes over, reconciles (no charge yet), charges with a new key; then
-    the frozen one wakes up and sends its request. The card is charged TWICE. The engine discards
-    the stale worker's commit, but cannot call back its HTTP request: the lease must outlast the
-    action (see docs/how-to/side-effects.md)."""
+    charge: another worker takes over, reconciles (no charge yet) and reruns the charge with the
+    SAME idempotency key; then the frozen one wakes up and sends its request, with that key too.
+    The engine discards the stale worker's commit but cannot call back its HTTP request; what
+    keeps the card charged once is the key, which reconcile's `rerun()` keeps (a lease shorter
+    than the action is still a bug to fix: see docs/how-to/side-effects.md)."""
     shop.stock.set_stock("tee", 5)
     wid = start(store, Checkout, order())
     with Workers(db_url, tmp_path, shop) as workers:
@@ -448,5 +448,5 @@ def test_at_most_once_is_only_as_good_as_the_lease(
 
     assert row_of(db, wid).version == final.version  # w1's commit was refused
     charged = shop.payments.succeeded("A1")
-    assert sorted(c["idempotency_key"] for c in charged) == [f"{wid}:2", f"{wid}:4"]
-    assert len(charged) == 2  # the documented cost: a lease shorter than the action
+    assert [c["idempotency_key"] for c in charged] == [f"{wid}:2"]  # both requests, one charge
+    assert len(shop.payments.received("POST /charges")) == 2
