@@ -71,12 +71,19 @@ def _import_app(spec: str) -> list[Any]:
     return items
 
 
+def load_app(spec: str) -> tuple[list[Machine | type[Machine]], list[Schedule]]:
+    """The machines and the schedules that ``--app module:attr`` names or defines (a factory
+    attr is called once)."""
+    items = _import_app(spec)
+    machines = [m for m in items if not isinstance(m, Schedule)]
+    if not machines:
+        raise click.UsageError(f"--app {spec}: names no machine")
+    return machines, [s for s in items if isinstance(s, Schedule)]
+
+
 def load_machines(spec: str) -> list[Machine | type[Machine]]:
     """The machines (classes or instances) that ``--app module:attr`` names or defines."""
-    found = [m for m in _import_app(spec) if not isinstance(m, Schedule)]
-    if not found:
-        raise click.UsageError(f"--app {spec}: names no machine")
-    return found
+    return load_app(spec)[0]
 
 
 def load_schedules(spec: str) -> list[Schedule]:
@@ -141,8 +148,9 @@ def worker(obj: _Obj, app: str, concurrency: int, lease: float, poll: float, gra
     """Run workflows until SIGTERM/SIGINT."""
     if not obj.debug:
         logging.getLogger("statemachine").setLevel(logging.INFO)
-    w = Worker(obj.store, load_machines(app), concurrency=concurrency, lease=lease,
-               poll_interval=poll, grace=grace, name=name, schedules=load_schedules(app))
+    machines, schedules = load_app(app)
+    w = Worker(obj.store, machines, concurrency=concurrency, lease=lease,
+               poll_interval=poll, grace=grace, name=name, schedules=schedules)
     click.echo(f"worker {w.name} running {', '.join(w.machines)} (Ctrl-C to stop)", err=True)
     w.run()
     if w.abandoned:

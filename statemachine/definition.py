@@ -459,9 +459,15 @@ def _build_spec(cls: type[Machine]) -> MachineSpec:
     if not terminal:
         raise InvalidDefinition(f"{where}: no terminal state (set `terminal = (Done, ...)`)")
 
-    handlers: list[StepHandler[Any]] = []
+    # By attribute name, base classes first: a subclass overrides a handler by redefining it.
+    by_name: dict[str, StepHandler[Any]] = {}
     for klass in reversed(cls.__mro__):
-        handlers.extend(v for v in vars(klass).values() if isinstance(v, StepHandler))
+        for attr, value in vars(klass).items():
+            if isinstance(value, StepHandler):
+                by_name[attr] = value
+            elif attr in by_name and value is None:
+                del by_name[attr]  # `name = None` in a subclass removes an inherited handler
+    handlers = list(by_name.values())
 
     declared = list(cls.states) if cls.states is not None else None
     localns = {c.__name__: c for c in [initial, *terminal, *(declared or [])]}

@@ -697,3 +697,36 @@ def test_jitter_bounds_are_inclusive(jitter: float) -> None:
 def test_failure_reads_as_type_and_message() -> None:
     failure = Failure(type="GatewayUnavailable", message="payment gateway returned 503", attempt=2)
     assert str(failure) == "GatewayUnavailable: payment gateway returned 503"
+
+
+# -- overriding handlers in a subclass ------------------------------------------------------------
+
+
+@attrs.frozen
+class OvStart:
+    n: int
+
+
+@attrs.frozen
+class OvDone:
+    n: int
+
+
+class OvBase(Machine, abstract=True):
+    initial = OvStart
+    terminal = (OvDone,)
+
+    @step
+    def go(self, state: OvStart, ctx: Context) -> OvDone:
+        return OvDone(state.n)
+
+
+class OvChild(OvBase):
+    @step
+    def go(self, state: OvStart, ctx: Context) -> OvDone:
+        return OvDone(state.n * 10)
+
+
+def test_a_subclass_overrides_a_handler_by_redefining_it() -> None:
+    assert [h.fn.__qualname__ for h in OvChild.spec.handlers()] == ["OvChild.go"]
+    assert OvChild.spec.steps[OvStart].fn(OvChild(), OvStart(2), None) == OvDone(20)
