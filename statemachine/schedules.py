@@ -34,7 +34,8 @@ MissedPolicy = Literal["skip", "latest", "all"]
 
 @attrs.frozen
 class Schedule:
-    """Start `machine` in ``start(tick)`` at every tick of `cron` (5 fields) in `timezone`."""
+    """Start `machine` in ``start(tick)`` at every tick of `cron` in `timezone`: 5 fields, or 6
+    with seconds first (``"*/10 * * * * *"``), as cronsim reads them."""
 
     name: str
     cron: str
@@ -61,18 +62,19 @@ class Schedule:
                                     f"all, not {self.missed!r}")
 
     def ticks(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
-        """Ticks in (after, until], at most `limit` of the latest, in UTC."""
+        """Ticks in (after, until], at most `limit` of the latest, oldest first, in UTC. Walks
+        back from `until`, so a long outage costs at most `limit` steps, not one per tick."""
         zone = ZoneInfo(self.timezone)
         found: list[datetime] = []
-        for tick in CronSim(self.cron, after.astimezone(zone)):
-            if tick <= after:
-                continue  # cronsim, started in a repeated (DST) hour, can yield its first pass
+        # cronsim's reverse walk excludes its start: begin a second past `until`.
+        for tick in CronSim(self.cron, (until + timedelta(seconds=1)).astimezone(zone),
+                            reverse=True):
             if tick > until:
+                continue
+            if tick <= after or len(found) >= limit:
                 break
             found.append(tick.astimezone(UTC))
-            if len(found) > limit:
-                found.pop(0)
-        return found
+        return found[::-1]
 
     def next_tick(self, after: datetime) -> datetime:
         """The first tick after `after`, in UTC."""
@@ -89,16 +91,17 @@ def due_ticks(schedule: Schedule, last_tick: datetime, now: datetime) -> tuple[l
                                                                               datetime | None]:
     """(ticks to start now, the new last tick) for ticks after `last_tick` up to `now`, applying
     the schedule's missed-tick policy. The new last tick is None when nothing is due."""
-    passed = schedule.ticks(last_tick, now, limit=max(1, schedule.max_catch_up))
-    if not passed:
+    newest = schedule.ticks(last_tick, now, limit=1)
+    if not newest:
         return [], None
-    newest = passed[-1]
     if schedule.missed == "all":
-        return passed, newest
+        return schedule.ticks(last_tick, now, limit=max(1, schedule.max_catch_up)), newest[-1]
     if schedule.missed == "latest":
-        return [newest], newest
-    on_time = [t for t in passed if now - t <= timedelta(seconds=schedule.grace)]
-    return on_time, newest
+        return newest, newest[-1]
+    # skip: only ticks at most `grace` late (exactly `grace` still counts) run.
+    earliest = now - timedelta(seconds=schedule.grace, microseconds=1)
+    on_time = schedule.ticks(max(last_tick, earliest), now, limit=max(1, schedule.max_catch_up))
+    return on_time, newest[-1]
 
 
 def run_schedule(store: StoreLike, schedule: Schedule) -> list[uuid.UUID]:
