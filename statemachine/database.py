@@ -25,9 +25,10 @@ def default_database_url() -> str:
     return os.environ.get("STATEMACHINE_DATABASE_URL") or DEFAULT_URL
 
 
-def is_retryable(e: DBAPIError) -> bool:
-    """Serialization failures and deadlocks (40001/40P01), and SQLite's busy lock."""
-    orig = e.orig
+def is_retryable(e: BaseException) -> bool:
+    """Serialization failures and deadlocks (40001/40P01), and SQLite's busy lock: for a
+    SQLAlchemy error (its driver error) or a driver error."""
+    orig = getattr(e, "orig", e)
     if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
         return True
     name = getattr(orig, "sqlite_errorname", "")

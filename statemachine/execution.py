@@ -18,7 +18,6 @@ from typing import Any
 
 import attrs
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 
 from .clock import Clock
 from .context import Context
@@ -410,8 +409,7 @@ class Runner:
                 return self.store.commit(change)
             except StoreError as e:
                 cause = e.__cause__
-                if not (isinstance(cause, DBAPIError) and is_retryable(cause)) or \
-                        time.monotonic() >= give_up:
+                if cause is None or not is_retryable(cause) or time.monotonic() >= give_up:
                     raise
                 log.info("workflow %s: commit still contended, trying again: %s",
                          change.workflow_id, e)

@@ -261,6 +261,8 @@ def drive(store: Store, name: str, monkeypatch: pytest.MonkeyPatch
         conn = RecordingConnection(rows)
         monkeypatch.setattr(store, "_retrying",
                             lambda fn, engine, transactional, conn=conn: fn(conn))
+        # The psycopg fast path runs these same statements, compiled; record them here instead.
+        monkeypatch.setattr(store, "_fast_ok", lambda: False)
         try:
             choices = {p.name: examples(hints[p.name], conn) for p in params}
         except Unbuildable as e:

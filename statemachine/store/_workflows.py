@@ -234,8 +234,8 @@ class WorkflowStatements(StoreBase):
         try:
             return self._commit(change)
         except StoreError as e:
-            if getattr(e.__cause__, "orig", None) is None or \
-                    getattr(e.__cause__.orig, "sqlstate", None) != "40003":  # type: ignore[union-attr]
+            driver_error = getattr(e.__cause__, "orig", e.__cause__)
+            if getattr(driver_error, "sqlstate", None) != "40003":
                 raise
             return self._settle_ambiguous(change)
 
@@ -264,8 +264,11 @@ class WorkflowStatements(StoreBase):
                 u.join(i, i.c.version == u.c.version))
             self._statements[("commit", shape)] = stmt
         params = self._change_params(change)
-        row = self._single(lambda conn: conn.execute(stmt, params).first())
-        return None if row is None else Committed(int(row.version), row.cancel_requested)
+        if self._fast_ok() and not change.expect_status:  # (an expanding IN needs SQLAlchemy)
+            row = self._fast(("commit", shape), stmt, params)
+        else:
+            row = self._single(lambda conn: conn.execute(stmt, params).first())
+        return None if row is None else Committed(int(row[0]), row[1])
 
     def commit_in(self, conn: Connection, change: Change) -> Committed | None:
         """`commit` inside the caller's transaction."""
