@@ -175,11 +175,12 @@ class StoreBase:
         return (self._fast_driver and not engine.dispatch.before_cursor_execute
                 and not engine.dispatch.after_cursor_execute)
 
-    def _fast(self, key: Any, stmt: Any, params: dict[str, Any]) -> Any:
+    def _fast(self, key: Any, stmt: Any, params: dict[str, Any], *, many: bool = False) -> Any:
         """Run a prebuilt statement straight on a pooled psycopg connection (autocommit): its SQL
         is compiled once, its parameters converted by the same bind processors SQLAlchemy would
         use. Saves SQLAlchemy's per-execute work, the larger part of a transition's CPU. Returns
-        the first row (a tuple) or None. Same retries as `_retrying`."""
+        the first row (a tuple) or None, or all rows with `many`. Same retries as
+        `_retrying`."""
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._compiled[key] = stmt.compile(dialect=self._autocommit.dialect)
@@ -194,9 +195,11 @@ class StoreBase:
         while True:
             raw = self._autocommit.raw_connection()
             try:
-                row = raw.driver_connection.execute(compiled.string, values).fetchone()  # type: ignore[union-attr]
+                cursor = raw.driver_connection.execute(  # type: ignore[union-attr]
+                    compiled.string, values)
+                result = cursor.fetchall() if many else cursor.fetchone()
                 raw.close()
-                return row
+                return result
             except psycopg.Error as e:
                 if isinstance(e, psycopg.OperationalError):
                     raw.invalidate()

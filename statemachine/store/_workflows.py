@@ -8,12 +8,15 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
+    ColumnElement,
     Connection,
     Integer,
     Interval,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     exists,
@@ -167,22 +170,30 @@ class WorkflowStatements(StoreBase):
 
             return self.transaction(run_sqlite)
 
-        def run(conn: Connection) -> list[ClaimedRow]:
-            return [ClaimedRow(r.id, r.machine, r.state, r.data, r.version, r.entered_version,
-                               r.attempt, token, r.status, not r.rec, r.parent_id,
-                               r.cancel_requested, r.in_doubt)
-                    for r in conn.execute(stmts, params)]
+        def claimed(r: Any) -> ClaimedRow:
+            (wid, machine, state, data, version, entered, attempt, status, rec, parent, cancel,
+             doubt) = r
+            return ClaimedRow(wid, machine, state, data, version, entered, attempt, token, status,
+                              not rec, parent, cancel, doubt)
 
-        return self._single(run)
+        if self._fast_ok():
+            return [claimed(r) for r in self._fast("claim", stmts, params, many=True)]
+        return self._single(lambda conn: [claimed(r) for r in conn.execute(stmts, params)])
 
     def _claim_statements(self) -> Any:
         """The claim, built once: one UPDATE over a locked subquery on servers; a SELECT and an
         UPDATE (under SQLite's write lock) on SQLite."""
         now = self._now_param()
         recorded = exists().where(h.c.workflow_id == w.c.id, h.c.version == w.c.version)
-        due = and_(w.c.wake_at.is_not(None), w.c.wake_at <= now,
-                   w.c.status.in_(("ready", "running", "waiting")),
-                   w.c.machine.in_(bindparam("p_machines", expanding=True)))
+        runnable = ("ready", "running", "waiting")
+        if self.is_sqlite:
+            of_machines: ColumnElement[bool] = w.c.machine.in_(
+                bindparam("p_machines", expanding=True))
+            is_runnable: ColumnElement[bool] = w.c.status.in_(runnable)
+        else:  # arrays, not expanding INs: the SQL is the same whatever the lists (compiled once)
+            of_machines = w.c.machine == any_(bindparam("p_machines", type_=ARRAY(Text())))
+            is_runnable = w.c.status == any_(literal(list(runnable), ARRAY(Text())))
+        due = and_(w.c.wake_at.is_not(None), w.c.wake_at <= now, is_runnable, of_machines)
         lease_values = dict(
             status="running", lease_token=bindparam("p_token", type_=Text()),
             lease_owner=bindparam("p_owner", type_=Text()), wake_at=self._later_param("p_lease"),
