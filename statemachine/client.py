@@ -250,7 +250,8 @@ class Client:
         change = Change(
             workflow_id=info.id, version=info.version, kind="forced", from_state=info.state_name,
             to_state=name, data=data, status="done" if terminal else "ready", attempt=0,
-            wake_after=None if terminal else 0.0, cause=reason, new_state=True)
+            wake_after=None if terminal else 0.0, cause=reason, new_state=True,
+            wake_parent=info.parent_id if terminal else None)
         version = self.store.apply(change)
         if version is None:
             raise InvalidOperation(f"workflow {info.id} changed while forcing it; try again")

@@ -58,6 +58,9 @@ class Loaded:
     codec: StateCodec
 
 
+_FINISHED = ("done", "failed", "cancelled")
+
+
 class _Rollback(Exception):
     """Abort a transactional handler's transaction: park (with a reason) or lease lost (None)."""
 
@@ -392,7 +395,19 @@ class Runner:
         return self._write(attrs.evolve(change, wake_parent=row.parent_id), row)
 
     def _write(self, change: Change, row: ClaimedRow) -> ClaimedRow | None:
-        done = self._commit_persistently(change)
+        if change.status in _FINISHED and row.parent_id is not None and \
+                change.wake_parent is None:
+            change = attrs.evolve(change, wake_parent=row.parent_id)  # however it finished
+        try:
+            done = self._commit_persistently(change)
+        except StoreError as e:
+            if change.kind == "parked" or is_retryable(e.__cause__ or e):
+                raise
+            # The database refused the change for good (a constraint: a child's key already
+            # used, say): park the workflow with the reason rather than run it again and again.
+            return self._write(park_change(
+                row, f"workflow {row.id}: the database refused the result of {row.state}: {e}",
+                worker=self.worker, started_at=change.started_at), row)
         if done is None:
             log.warning("workflow %s: lease lost or row changed at version %d; result of %s "
                         "discarded", row.id, row.version, row.state)
@@ -473,6 +488,11 @@ class Runner:
         if children is not None:
             results = self._children_results(row, children)
             if results is not None:
+                if children.max_running is not None:
+                    # Moving on: children still queued (wait_for="first") are let go, not
+                    # stranded; cancel them in the handler if the race should stop them.
+                    self.store.transaction(
+                        lambda c: self.store.release_children(c, row.id, 2**31 - 1))
                 return self._invoke(row, loaded, children, state, (results,), started,
                                     cause=f"children finished ({len(results)})")
 

@@ -62,6 +62,8 @@ class WaitingStatements(WorkflowStatements):
             # left wake_at alone) must not sleep until the deadline: due now, it is carried out.
             sleep_until = None if deadline is None else literal(deadline, UTCDateTime())
             conn.execute(update(w).where(w.c.id == row.id).values(
+                # Looking for news is not an attempt of a handler: undo the claim's count.
+                attempt=w.c.attempt - 1,
                 status="waiting", lease_token=None, lease_owner=None, updated_at=self.now(),
                 wake_at=case((w.c.cancel_requested.is_not(None), self.now()),
                              else_=sleep_until)))
