@@ -9,12 +9,14 @@ the traceback.
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import attrs
@@ -366,21 +368,22 @@ def check(obj: _Obj, app: str, include_finished: bool) -> None:
     statuses = ["ready", "running", "waiting"]
     if include_finished:
         statuses += ["done", "failed", "cancelled"]
+    # Lazily: `scan` reads the table in batches, however large it is.
+    stored = itertools.chain(
+        ((r.id, r.machine, r.status, partial(machines[r.machine].load, r.state, r.data,
+                                             workflow=r.id))
+         for r in obj.store.scan(list(machines), statuses)),
+        ((e.workflow_id, e.machine, "event", partial(machines[e.machine].load_event, e.type,
+                                                     e.data, workflow=e.workflow_id))
+         for e in obj.store.pending_events_of(list(machines))))
     checked = bad = 0
-    for row in obj.store.scan(list(machines), statuses):
+    for workflow_id, machine, what, load in stored:
         checked += 1
         try:
-            machines[row.machine].load(row.state, row.data, workflow=row.id)
+            load()
         except StateMachineError as e:
             bad += 1
-            click.echo(f"{row.id}  {row.machine}  {row.status:8} {e}")
-    for event in obj.store.pending_events_of(list(machines)):
-        checked += 1
-        try:
-            machines[event.machine].load_event(event.type, event.data, workflow=event.workflow_id)
-        except StateMachineError as e:
-            bad += 1
-            click.echo(f"{event.workflow_id}  {event.machine}  event    {e}")
+            click.echo(f"{workflow_id}  {machine}  {what:8} {e}")
     click.echo(f"checked {checked} stored states and events: "
                + ("all load" if not bad else f"{bad} would not load"))
     if bad:
