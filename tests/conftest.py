@@ -2,8 +2,9 @@
 PostgreSQL at SERIALIZABLE (as CockroachDB runs). Each test gets a fresh SQLite file or a fresh
 PostgreSQL schema inside a database made for this test session, so no run sees another's rows.
 
-PostgreSQL is found at ``STATEMACHINE_TEST_POSTGRES_URL`` (default: postgres@127.0.0.1:5432). When it
-cannot be reached, its tests are skipped locally, and fail when ``CI`` is set: CI never skips them.
+PostgreSQL is found at ``STATEMACHINE_TEST_POSTGRES_URL`` (default: postgres@127.0.0.1:5432).
+When it cannot be reached, its tests are skipped locally, and fail when ``CI`` is set: CI never
+skips them.
 """
 
 from __future__ import annotations
