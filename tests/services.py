@@ -39,13 +39,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from tests.procs import ProcessGroup
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -474,7 +475,7 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-class Workers:
+class Workers(ProcessGroup):
     """Spawns ``statemachine worker --app tests.checkout_apps:APP`` processes that talk to `shop`.
 
     ``pause="after POST /charges"`` (or ``before ...``, or ``sql INSERT INTO orders``) makes the
@@ -603,20 +604,3 @@ class Workers:
         proc.wait(10)
         assert proc.returncode == -signal.SIGKILL
 
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not fail
-                pass
-        if exc_type is not None:
-            for name, proc in self.procs.items():
-                print(f"\n===== worker {name} (exit code {proc.returncode}) =====")
-                print(self.log(name))

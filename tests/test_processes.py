@@ -20,7 +20,6 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import pytest
@@ -42,6 +41,7 @@ from tests.machines_for_tests import (
     SlowSteps,
     marker_runs,
 )
+from tests.procs import ProcessGroup
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-class Workers:
+class Workers(ProcessGroup):
     """Spawns `statemachine worker` processes; on exit kills any still running and, when the block
     failed, prints every worker's output."""
 
@@ -106,23 +106,6 @@ class Workers:
 
             wait_until(ready, timeout, f"worker {name} to start")
 
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not fail
-                pass
-        if exc_type is not None:
-            for name, proc in self.procs.items():
-                print(f"\n===== worker {name} (exit code {proc.returncode}) =====")
-                print(self.log(name))
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from statemachine.schema import history, workflows
 from statemachine.schema import schedules as schedules_table
 from statemachine.testing import FakeClock
 from tests.apps_schedules import DAILY, EVERY_SECOND, SchedTicker, Tick
+from tests.procs import ProcessGroup
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps_schedules:app"
@@ -299,7 +300,7 @@ def test_threads_racing_run_schedule_start_each_tick_once(db_url: str) -> None:
 # -- 2b. three worker processes, a tick every second ---------------------------------------------
 
 
-class WorkerProcs:
+class WorkerProcs(ProcessGroup):
     """`statemachine worker` subprocesses; killed on exit, output printed when the block failed."""
 
     def __init__(self, db_url: str, tmp_path: Path) -> None:
@@ -330,22 +331,6 @@ class WorkerProcs:
             raise AssertionError(f"worker {name} exited with {proc.returncode}:\n{self.log(name)}")
         return f"worker {name} running" in self.log(name)
 
-    def __enter__(self) -> WorkerProcs:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not fail
-                pass
-        if exc_type is not None:
-            for name, proc in self.procs.items():
-                print(f"\n===== worker {name} (exit code {proc.returncode}) =====")
-                print(self.log(name))
 
 
 @pytest.fixture
