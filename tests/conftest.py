@@ -31,6 +31,9 @@ PG_ADMIN_URL = os.environ.get("STATEMACHINE_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = bool(os.environ.get("CI"))
 BACKENDS = ["sqlite", "postgres", "postgres-serializable"]
+# For tests of PostgreSQL-only mechanisms (PL/pgSQL fault injection):
+# @pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)
+POSTGRES_BACKENDS = ["postgres", "postgres-serializable"]
 
 
 @pytest.fixture(scope="session")

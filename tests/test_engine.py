@@ -27,6 +27,7 @@ from statemachine import (
     step,
 )
 from statemachine.schema import history, workflows
+from tests.conftest import POSTGRES_BACKENDS
 
 FAST = dict(poll_interval=0.05, min_poll_interval=0.01)
 
@@ -658,11 +659,10 @@ INJECT_40001 = [
 ]
 
 
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)  # a PL/pgSQL trigger
 def test_serialization_failures_on_commit_are_retried_transparently(
     store: Store, backend: str
 ) -> None:
-    if backend == "sqlite":
-        pytest.skip("injects SQLSTATE 40001 with a PL/pgSQL trigger (PostgreSQL only)")
     with store.connect() as conn:
         for statement in INJECT_40001:
             conn.execute(text(statement))

@@ -18,6 +18,7 @@ from statemachine import Store, StoreError
 from statemachine.migrate import migration_files
 from statemachine.schema import metadata, migrations_table
 from statemachine.store import Change
+from tests.conftest import POSTGRES_BACKENDS
 
 # -- migrations ----------------------------------------------------------------------------------
 
@@ -148,16 +149,11 @@ def probe(store: Store) -> Callable[[], list[int]]:
     return values
 
 
-def skip_on_sqlite(backend: str) -> None:
-    if backend == "sqlite":
-        pytest.skip("raises SQLSTATEs with a PL/pgSQL DO block (PostgreSQL only)")
-
-
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)  # a PL/pgSQL DO block
 @pytest.mark.parametrize("code", ["40001", "40P01"])
 def test_transaction_retries_serialization_failures(
     store: Store, backend: str, probe: Callable[[], list[int]], code: str
 ) -> None:
-    skip_on_sqlite(backend)
     calls = 0
 
     def work(conn: Connection) -> str:
@@ -174,10 +170,10 @@ def test_transaction_retries_serialization_failures(
     assert probe() == [3]
 
 
+@pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)  # a PL/pgSQL DO block
 def test_transaction_gives_up_after_max_retries(
     db_url: str, backend: str, probe: Callable[[], list[int]]
 ) -> None:
-    skip_on_sqlite(backend)
     store = Store(db_url, max_retries=2)
     calls = 0
 
