@@ -61,6 +61,16 @@ class Loaded:
 _FINISHED = ("done", "failed", "cancelled")
 
 
+def _refused_for_good(error: StoreError) -> bool:
+    """Whether the database rejected the data itself (SQLSTATE class 23, integrity constraint,
+    or 22, data exception): running the handler again would meet the same refusal."""
+    driver_error = getattr(error.__cause__, "orig", error.__cause__)
+    sqlstate = getattr(driver_error, "sqlstate", None)
+    if sqlstate is None:  # SQLite reports constraints by exception type, not SQLSTATE
+        return type(driver_error).__name__ == "IntegrityError"
+    return str(sqlstate)[:2] in ("22", "23")
+
+
 class _Rollback(Exception):
     """Abort a transactional handler's transaction: park (with a reason) or lease lost (None)."""
 
@@ -401,8 +411,8 @@ class Runner:
         try:
             done = self._commit_persistently(change)
         except StoreError as e:
-            if change.kind == "parked" or is_retryable(e.__cause__ or e):
-                raise
+            if change.kind == "parked" or not _refused_for_good(e):
+                raise  # an outage or contention: the lease expires and the workflow runs again
             # The database refused the change for good (a constraint: a child's key already
             # used, say): park the workflow with the reason rather than run it again and again.
             return self._write(park_change(
