@@ -61,6 +61,13 @@ class Loaded:
 _FINISHED = ("done", "failed", "cancelled")
 
 
+def _telling_the_parent(change: Change, row: ClaimedRow) -> Change:
+    """A child that finishes, however it finishes (done, parked, cancelled), wakes its parent."""
+    if change.status in _FINISHED and row.parent_id is not None and change.wake_parent is None:
+        return attrs.evolve(change, wake_parent=row.parent_id)
+    return change
+
+
 def _refused_for_good(error: StoreError) -> bool:
     """Whether the database rejected the data itself (SQLSTATE class 23, integrity constraint,
     or 22, data exception): running the handler again would meet the same refusal."""
@@ -144,8 +151,7 @@ class Runner:
             # Only an operator puts a terminal state in a runnable row: finish it.
             return self._write(attrs.evolve(transition_change(
                 row, spec, row.state, row.data, terminal=True, worker=self.worker,
-                started_at=started, continue_lease=None, kind="finished"),
-                wake_parent=row.parent_id, clear_cancel=True), row)
+                started_at=started, continue_lease=None, kind="finished"), clear_cancel=True), row)
         if row.cancel_requested:
             return self._cancel(row, loaded, state, started)
         if spec.is_waiting(type(state)):
@@ -270,6 +276,7 @@ class Runner:
                                          extra=extra)
             if isinstance(change, str):
                 raise _Rollback(change)
+            change = _telling_the_parent(change, row)
             done = self.store.commit_in(conn, change)
             if done is None:
                 raise _Rollback(None)
@@ -369,7 +376,6 @@ class Runner:
         if children and waits is not None and waits.max_running is not None:
             children = tuple(attrs.evolve(c, queued=True) for c in children)
         fields: dict[str, Any] = {"cause": cause, "children": children,
-                                  "wake_parent": row.parent_id if terminal else None,
                                   "clear_cancel": terminal, **(extra or {})}
         if terminal:
             fields["clear_cancel"] = True
@@ -387,9 +393,8 @@ class Runner:
         if route is None:
             why = "permanent error" if failure.permanent else "no attempts left"
             log.warning("workflow %s parked in %s (%s): %s", row.id, row.state, why, failure)
-            return self._write(attrs.evolve(
-                park_change(row, text, worker=self.worker, started_at=started),
-                wake_parent=row.parent_id), row)
+            return self._write(park_change(row, text, worker=self.worker, started_at=started),
+                               row)
         pending = _Pending()
         try:
             result = route.fn(loaded.machine, state, failure, self._context(row, pending))
@@ -402,12 +407,10 @@ class Runner:
     def _park(self, row: ClaimedRow, started: datetime | None, reason: str) -> ClaimedRow | None:
         change = park_change(row, f"workflow {row.id}: {reason}", worker=self.worker,
                              started_at=started)
-        return self._write(attrs.evolve(change, wake_parent=row.parent_id), row)
+        return self._write(change, row)
 
     def _write(self, change: Change, row: ClaimedRow) -> ClaimedRow | None:
-        if change.status in _FINISHED and row.parent_id is not None and \
-                change.wake_parent is None:
-            change = attrs.evolve(change, wake_parent=row.parent_id)  # however it finished
+        change = _telling_the_parent(change, row)
         try:
             done = self._commit_persistently(change)
         except StoreError as e:
@@ -588,8 +591,7 @@ class Runner:
             workflow_id=row.id, version=row.version, lease_token=row.lease_token, kind="cancel",
             from_state=row.state, to_state=row.state, data=row.data, status="cancelled",
             attempt=row.attempt, new_state=False, cause=reason, worker=self.worker,
-            started_at=started, clear_cancel=True, cancel_children=reason,
-            wake_parent=row.parent_id), row)
+            started_at=started, clear_cancel=True, cancel_children=reason), row)
 
     # -- context -----------------------------------------------------------------------------
 
