@@ -43,9 +43,10 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from machines.checkout import metadata as checkout_tables
 from tests.procs import ProcessGroup
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -445,6 +446,16 @@ class Shop:
                 "CHECKOUT_STOCK_URL": self.stock.url,
                 "CHECKOUT_SUBSCRIPTIONS_URL": self.subscriptions.url,
                 "CHECKOUT_NOTIFICATIONS_URL": self.notifications.url}
+
+
+@pytest.fixture(name="db")
+def operator_db_fixture(db_url: str) -> Iterator[Engine]:
+    """An operator's engine on the test database, with the app's `orders` table created."""
+    level = "AUTOCOMMIT" if db_url.startswith("sqlite") else "READ COMMITTED"
+    engine = create_engine(db_url, isolation_level=level)
+    checkout_tables.create_all(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(name="shop")

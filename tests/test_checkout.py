@@ -24,18 +24,16 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, select, text
 
 from machines.checkout import (
     Checkout,
     CheckoutStarted,
     Order,
-    metadata,
     orders,
 )
 from statemachine import Client, Store
@@ -45,21 +43,12 @@ from tests.services import (
     PaymentService,
     Shop,
     Workers,
+    operator_db_fixture,  # noqa: F401  (the `db` fixture)
     shop_fixture,  # noqa: F401  (the `shop` fixture)
     wait_until,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Engine]:
-    """An operator's engine on the test database, with the app's `orders` table created."""
-    level = "AUTOCOMMIT" if db_url.startswith("sqlite") else "READ COMMITTED"
-    engine = create_engine(db_url, isolation_level=level)
-    metadata.create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def order(n: int = 1, *, card: str = "tok_visa", customer: str = "cus_1",

@@ -16,36 +16,26 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Engine, select
 
-from machines.checkout import Checkout, CheckoutStarted, Order, metadata
+from machines.checkout import Checkout, CheckoutStarted, Order
 from statemachine import Client, Store
 from statemachine.schema import history, workflows
 from tests.checkout_apps import PaymentReminder, ReminderPlanned
 from tests.services import (
     Shop,
     Workers,
+    operator_db_fixture,  # noqa: F401  (the `db` fixture)
     shop_fixture,  # noqa: F401  (the `shop` fixture)
     wait_until,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Engine]:
-    """An operator's engine on the test database, with the app's `orders` table created."""
-    level = "AUTOCOMMIT" if db_url.startswith("sqlite") else "READ COMMITTED"
-    engine = create_engine(db_url, isolation_level=level)
-    metadata.create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def row_of(db: Engine, wid: uuid.UUID) -> Any:
