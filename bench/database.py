@@ -218,7 +218,7 @@ def capture_claim_sql(url: str, limit: int) -> tuple[str, Any]:
     for engine in engines:
         event.listen(engine, "before_cursor_execute", record)
     try:
-        store.claim(owner="bench-probe", machines=[_PROBE_MACHINE], limit=limit, lease=30.0)
+        store.sql.claim(owner="bench-probe", machines=[_PROBE_MACHINE], limit=limit, lease=30.0)
     finally:
         for engine in engines:
             event.remove(engine, "before_cursor_execute", record)

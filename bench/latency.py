@@ -138,9 +138,9 @@ def measure_send_to_handler_latency(url: str, runs: int) -> dict[str, Any]:
     try:
         ids = client.start_many(type(machine), [Arrived(n=i) for i in range(WARMUP + runs)])
         deadline = time.monotonic() + 60
-        while store.count_by_status().get("waiting", 0) < len(ids):
+        while store.sql.count_by_status().get("waiting", 0) < len(ids):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"ping workflows not all waiting: {store.count_by_status()}")
+                raise TimeoutError(f"ping workflows not all waiting: {store.sql.count_by_status()}")
             time.sleep(0.05)
         for i, wid in enumerate(ids):
             time.sleep(PAUSE_S)

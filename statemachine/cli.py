@@ -315,7 +315,7 @@ def schedules(obj: _Obj, app: str) -> None:
     found = load_schedules(app)
     if not found:
         raise click.UsageError(f"--app {app}: names no schedule")
-    last = obj.store.schedule_ticks()
+    last = obj.store.sql.schedule_ticks()
     now = obj.store.current_time()
     _table([(s.name, s.cron, s.timezone, s.machine.spec.name, s.missed,
              _when(last.get(s.name)), _when(s.next_tick(max(now, last.get(s.name) or now))))
@@ -372,10 +372,10 @@ def check(obj: _Obj, app: str, include_finished: bool) -> None:
     stored = itertools.chain(
         ((r.id, r.machine, r.status, partial(machines[r.machine].load, r.state, r.data,
                                              workflow=r.id))
-         for r in obj.store.scan(list(machines), statuses)),
+         for r in obj.store.sql.scan(list(machines), statuses)),
         ((e.workflow_id, e.machine, "event", partial(machines[e.machine].load_event, e.type,
                                                      e.data, workflow=e.workflow_id))
-         for e in obj.store.pending_events_of(list(machines))))
+         for e in obj.store.sql.pending_events_of(list(machines))))
     checked = bad = 0
     for workflow_id, machine, what, load in stored:
         checked += 1

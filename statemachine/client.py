@@ -108,9 +108,9 @@ class Client:
                 f"{type(state).__name__}")
         codec = self.codecs.of(spec)
         name, data = codec.dump(state)
-        workflow_id, _created = self.store.insert_workflow(
+        workflow_id, _created = self.store.sql.insert_workflow(
             machine=spec.name, state=name, data=data, key=key)
-        self.store.notify()
+        self.store.sql.notify()
         return workflow_id
 
     def start_many(
@@ -124,8 +124,8 @@ class Client:
             if type(s) is not spec.initial:
                 raise InvalidOperation(f"machine {spec.name} starts in {spec.initial.__name__}")
             rows.append(codec.dump(s))
-        ids = self.store.insert_workflows(spec.name, rows)
-        self.store.notify()
+        ids = self.store.sql.insert_workflows(spec.name, rows)
+        self.store.sql.notify()
         return ids
 
     # -- reading -----------------------------------------------------------------------------
@@ -133,7 +133,7 @@ class Client:
     def get(self, workflow_id: WorkflowId) -> WorkflowInfo:
         """The workflow now. Raises `WorkflowNotFound`."""
         wid = _uuid(workflow_id)
-        row = self.store.get(wid)
+        row = self.store.sql.get(wid)
         if row is None:
             raise WorkflowNotFound(f"no workflow {wid}")
         return self._info(row)
@@ -145,7 +145,7 @@ class Client:
         deadline = time.monotonic() + timeout
         wid = _uuid(workflow_id)
         # A worker in this process says when it finishes the workflow; others are polled for.
-        finished = self.store.watch(wid)
+        finished = self.store.sql.watch(wid)
         try:
             while True:
                 info = self.get(wid)
@@ -157,19 +157,19 @@ class Client:
                 finished.wait(min(poll, max(0.0, deadline - time.monotonic())))
                 poll = min(poll * 1.5, 0.5)
         finally:
-            self.store.unwatch(wid, finished)
+            self.store.sql.unwatch(wid, finished)
 
     def list(self, *, machine: str | None = None, status: str | None = None,
              state: str | None = None, limit: int = 100) -> builtins.list[WorkflowInfo]:
         """Workflows, newest first."""
-        return [self._info(r) for r in self.store.list_workflows(machine=machine, status=status,
+        return [self._info(r) for r in self.store.sql.list_workflows(machine=machine, status=status,
                                                        state=state, limit=limit)]
 
     def history(self, workflow_id: WorkflowId) -> builtins.list[HistoryEntry]:
         """Every committed change of the workflow, oldest first."""
         wid = _uuid(workflow_id)
-        rows = self.store.history(wid)
-        if not rows and self.store.get(wid) is None:
+        rows = self.store.sql.history(wid)
+        if not rows and self.store.sql.get(wid) is None:
             raise WorkflowNotFound(f"no workflow {wid}")
         return [HistoryEntry(r.version, r.kind, r.from_state, r.to_state, r.data, r.status,
                              r.cause, r.attempt, r.error, r.worker, r.started_at, r.finished_at)
@@ -208,8 +208,8 @@ class Client:
         if codec is not None:
             # Data that does not load cannot go through a cancel route: cancel it plainly.
             direct = info.state is None or not codec.spec.cancel_applies(type(info.state))
-        outcome = self.store.request_cancel(wid, reason, direct=direct)
-        self.store.notify()
+        outcome = self.store.sql.request_cancel(wid, reason, direct=direct)
+        self.store.sql.notify()
         return outcome
 
     def send(self, workflow_id: WorkflowId, event: object) -> uuid.UUID:
@@ -225,8 +225,8 @@ class Client:
         if codec is None:
             raise UnknownMachine(f"machine {info.machine} is not known to this process")
         name, data = codec.dump_event(event)
-        event_id = self.store.insert_event(wid, name, data)
-        self.store.notify()
+        event_id = self.store.sql.insert_event(wid, name, data)
+        self.store.sql.notify()
         return event_id
 
     def send_data(self, workflow_id: WorkflowId, event_type: str, data: Any) -> uuid.UUID:
@@ -252,10 +252,10 @@ class Client:
             to_state=name, data=data, status="done" if terminal else "ready", attempt=0,
             wake_after=None if terminal else 0.0, cause=reason, new_state=True,
             wake_parent=info.parent_id if terminal else None)
-        version = self.store.apply(change)
+        version = self.store.sql.apply(change)
         if version is None:
             raise InvalidOperation(f"workflow {info.id} changed while forcing it; try again")
-        self.store.notify()
+        self.store.sql.notify()
         return version
 
     def _change(self, workflow_id: WorkflowId, allowed: tuple[str, ...], kind: str, status: str,
@@ -266,13 +266,13 @@ class Client:
                 raise InvalidOperation(
                     f"cannot {kind} workflow {info.id}: it is {info.status} "
                     f"(only {', '.join(allowed)} workflows can be)")
-            version = self.store.apply(Change(
+            version = self.store.sql.apply(Change(
                 workflow_id=info.id, version=info.version, expect_status=allowed, kind=kind,
                 from_state=info.state_name, to_state=info.state_name, data=info.data,
                 status=status, attempt=info.attempt, wake_after=wake_after, new_state=False,
                 reset_attempts=True, cause=cause, in_doubt="" if kind == "retry" else None))
             if version is not None:
-                self.store.notify()
+                self.store.sql.notify()
                 return version
         raise StateMachineError(f"workflow {info.id} kept changing; {kind} not applied")
 

@@ -134,7 +134,7 @@ class Runner:
         loaded = self.machines[row.machine]
         started = self.clock.now()
         if row.external_change:
-            if not self.store.record_external_change(row, worker=self.worker):
+            if not self.store.sql.record_external_change(row, worker=self.worker):
                 return None
             log.info("workflow %s: version %d was written outside the engine (state %s)",
                      row.id, row.version, row.state)
@@ -184,15 +184,15 @@ class Runner:
         key = limit.key_for(state)
         slot: int | None = None
         if limit.concurrency is not None:
-            slot = self.store.acquire_slot(key, limit.concurrency, row.id, self.lease)
+            slot = self.store.sql.acquire_slot(key, limit.concurrency, row.id, self.lease)
             if slot is None:
                 return 0.05 + random.random() * 0.15
         if limit.per_second is not None:
             count, window = limit.window
-            wait = self.store.take_start(key, count, window)
+            wait = self.store.sql.take_start(key, count, window)
             if wait > 0:
                 if slot is not None:
-                    self.store.release_slot(key, slot, row.id)
+                    self.store.sql.release_slot(key, slot, row.id)
                 return wait + random.random() * 0.01
         return key, slot
 
@@ -208,7 +208,7 @@ class Runner:
         if handler.limit is not None:
             acquired = self._acquire(row, handler.limit, state)
             if isinstance(acquired, float):
-                self.store.defer(row, acquired)
+                self.store.sql.defer(row, acquired)
                 return None
             held = acquired
         try:
@@ -216,7 +216,7 @@ class Runner:
                                      cause=cause, extra=extra)
         finally:
             if held is not None and held[1] is not None:
-                self.store.release_slot(held[0], held[1], row.id)
+                self.store.sql.release_slot(held[0], held[1], row.id)
 
     def _run_handler(
         self, row: ClaimedRow, loaded: Loaded, handler: StepHandler[Any], state: object,
@@ -277,7 +277,7 @@ class Runner:
             if isinstance(change, str):
                 raise _Rollback(change)
             change = _telling_the_parent(change, row)
-            done = self.store.commit_in(conn, change)
+            done = self.store.sql.commit_in(conn, change)
             if done is None:
                 raise _Rollback(None)
             return change, done
@@ -434,7 +434,7 @@ class Runner:
         give_up = time.monotonic() + self.lease / 2
         while True:
             try:
-                return self.store.commit(change)
+                return self.store.sql.commit(change)
             except StoreError as e:
                 cause = e.__cause__
                 if cause is None or not is_retryable(cause) or time.monotonic() >= give_up:
@@ -447,7 +447,7 @@ class Runner:
         """After a commit: count it, report it, and continue with the next state if sticky."""
         self.transitions += 1
         if change.status in ("done", "failed", "cancelled"):
-            self.store.finished(change.workflow_id)
+            self.store.sql.finished(change.workflow_id)
         if self.on_change is not None:
             self.on_change(change, done.version)
         if change.keep_lease is None:
@@ -478,7 +478,7 @@ class Runner:
         now = self.clock.now()
 
         if by_name:
-            for event_row in self.store.pending_events(row.id):
+            for event_row in self.store.sql.pending_events(row.id):
                 if event_row.type not in spec.event_types:
                     self._reject(row, event_row, f"machine {spec.name} has no event named "
                                  f"{event_row.type!r}")
@@ -505,7 +505,7 @@ class Runner:
                     # Moving on: children still queued (wait_for="first") are let go, not
                     # stranded; cancel them in the handler if the race should stop them.
                     self.store.transaction(
-                        lambda c: self.store.release_children(c, row.id, 2**31 - 1))
+                        lambda c: self.store.sql.release_children(c, row.id, 2**31 - 1))
                 return self._invoke(row, loaded, children, state, (results,), started,
                                     cause=f"children finished ({len(results)})")
 
@@ -518,7 +518,7 @@ class Runner:
             def check(conn: Connection, handler: StepHandler[Any] = children) -> bool:
                 return self._children_ready(conn, row.id, handler)
 
-        settled = self.store.settle_waiting(row, deadline=deadline, accepts=list(by_name),
+        settled = self.store.sql.settle_waiting(row, deadline=deadline, accepts=list(by_name),
                                             children_ready=check)
         if settled is False:
             return row  # news arrived while deciding: look again, still holding the lease
@@ -534,18 +534,18 @@ class Runner:
                 raise DataError(f"on_timeout(at=...) returned a naive datetime {at!r}")
             return at
         assert timeout.timeout_after is not None
-        entered = self.store.entered_at(row.id, row.entered_version) or self.clock.now()
+        entered = self.store.sql.entered_at(row.id, row.entered_version) or self.clock.now()
         return entered + timedelta(seconds=timeout.timeout_after)
 
     def _reject(self, row: ClaimedRow, event_row: Any, reason: str) -> None:
         log.warning("workflow %s: event %s rejected: %s", row.id, event_row.id, reason)
-        self.store.reject_event(event_row.id, reason)
+        self.store.sql.reject_event(event_row.id, reason)
 
     def _children_ready(self, conn: Connection, parent: uuid.UUID,
                         handler: StepHandler[Any]) -> bool:
         if handler.max_running is not None:
-            self.store.release_children(conn, parent, handler.max_running)
-        finished, active, queued = self.store.child_counts(conn, parent)
+            self.store.sql.release_children(conn, parent, handler.max_running)
+        finished, active, queued = self.store.sql.child_counts(conn, parent)
         if handler.wait_for == "first":
             return finished > 0 or (active == 0 and queued == 0)
         return active == 0 and queued == 0
@@ -556,7 +556,7 @@ class Runner:
         if not ready:
             return None
         results = []
-        for child in self.store.children_of(row.id):
+        for child in self.store.sql.children_of(row.id):
             loaded_state: object | None = None
             codec = self.codecs.get(child.machine)
             if codec is not None and child.status in ("done", "failed", "cancelled"):
@@ -616,4 +616,4 @@ class Runner:
                                       {"workflow_id": str(row.id), "state": row.state}),
             clock=self.clock, extend=lambda seconds: self._extend_lease(row, seconds),
             start_child=start_child, connection=connection,
-            cancel_check=lambda: self.store.cancel_requested(row.id))
+            cancel_check=lambda: self.store.sql.cancel_requested(row.id))

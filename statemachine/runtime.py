@@ -99,7 +99,7 @@ class Worker:
         if self._threads:
             raise StateMachineError("worker already started")
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sm-handler")
-        self.store.subscribe(self.wake)
+        self.store.sql.subscribe(self.wake)
         subscribe = getattr(self.clock, "subscribe", None)
         if subscribe is not None:
             subscribe(self.wake)  # a test's FakeClock: claim as soon as time moves
@@ -116,7 +116,7 @@ class Worker:
         self._stopping.set()
         self._wake.set()
         self._slot_free.set()
-        self.store.unsubscribe(self.wake)
+        self.store.sql.unsubscribe(self.wake)
         unsubscribe = getattr(self.clock, "unsubscribe", None)
         if unsubscribe is not None:
             unsubscribe(self.wake)
@@ -179,7 +179,7 @@ class Worker:
             if time.monotonic() - last_sweep >= self.poll_interval:
                 last_sweep = time.monotonic()
                 try:
-                    self.store.notice_sql_events()
+                    self.store.sql.notice_sql_events()
                     for schedule in self.schedules:
                         run_schedule(self.store, schedule)
                 except StateMachineError as e:
@@ -191,7 +191,7 @@ class Worker:
                 self._slot_free.clear()
                 continue
             try:
-                rows = self.store.claim(owner=self.name, machines=names, limit=free,
+                rows = self.store.sql.claim(owner=self.name, machines=names, limit=free,
                                         lease=self.lease)
             except StateMachineError as e:
                 log.warning("worker %s: claim failed: %s", self.name, e)
@@ -232,7 +232,7 @@ class Worker:
                 by_token.setdefault(key, []).append(wid)
             for (token, lease), ids in by_token.items():
                 try:
-                    kept = self.store.renew_leases(ids, token, lease)
+                    kept = self.store.sql.renew_leases(ids, token, lease)
                 except StateMachineError as e:
                     log.warning("worker %s: lease renewal failed: %s", self.name, e)
                     continue
@@ -242,7 +242,7 @@ class Worker:
                 for wid in lost:
                     log.warning("worker %s: lost the lease of workflow %s", self.name, wid)
             try:
-                self.store.renew_slots(list(held), self.lease)
+                self.store.sql.renew_slots(list(held), self.lease)
             except StateMachineError as e:
                 log.warning("worker %s: limit slot renewal failed: %s", self.name, e)
 
@@ -256,7 +256,7 @@ class Worker:
             by_token.setdefault(token, []).append(wid)
         for token, ids in by_token.items():
             try:
-                released = self.store.release(ids, token)
+                released = self.store.sql.release(ids, token)
                 log.info("worker %s: released %d workflows", self.name, released)
             except StateMachineError as e:
                 log.warning("worker %s: release failed (leases will expire): %s", self.name, e)
@@ -283,7 +283,7 @@ class Worker:
         if not self.sticky or self._stopping.is_set():
             return None
         try:
-            rows = self.store.claim(owner=self.name, machines=self._names, limit=1,
+            rows = self.store.sql.claim(owner=self.name, machines=self._names, limit=1,
                                     lease=self.lease)
         except StateMachineError as e:
             log.warning("worker %s: claim failed: %s", self.name, e)
@@ -297,7 +297,7 @@ class Worker:
     def _extend_lease(self, row: ClaimedRow, seconds: float) -> None:
         with self._lock:
             self._inflight[row.id] = (row.lease_token, max(seconds, self.lease))
-        self.store.renew_leases([row.id], row.lease_token, seconds)
+        self.store.sql.renew_leases([row.id], row.lease_token, seconds)
 
     @property
     def transitions(self) -> int:

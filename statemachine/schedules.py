@@ -121,7 +121,7 @@ def run_schedule(store: StoreLike, schedule: Schedule) -> list[uuid.UUID]:
             starts.append((schedule.key(tick), name, data))
         return starts, newest
 
-    started: list[uuid.UUID] = store.run_schedule(schedule.name, spec.name, plan)
+    started: list[uuid.UUID] = store.sql.run_schedule(schedule.name, spec.name, plan)
     if started:
-        store.notify()
+        store.sql.notify()
     return started

@@ -46,7 +46,7 @@ def _ambiguous_error() -> StoreError:
 def _claimed_change(store: Store) -> Change:
     client = Client(store, [Ambiguous])
     wid = client.start(Ambiguous, AmbStart(1))
-    (row,) = store.claim(owner="t", machines=["Ambiguous"], limit=1, lease=30)
+    (row,) = store.sql.claim(owner="t", machines=["Ambiguous"], limit=1, lease=30)
     assert row.id == wid
     return Change(workflow_id=row.id, version=row.version, lease_token=row.lease_token,
                   kind="transition", from_state="AmbStart", to_state="AmbDone",
@@ -63,8 +63,8 @@ def test_ambiguous_commit_that_happened_is_reported_committed(
         raise _ambiguous_error()
 
     monkeypatch.setattr(store, "_commit", commit_then_lose_the_answer)
-    assert store.commit(change) == Committed(change.version + 1, None)
-    assert [r.version for r in store.history(change.workflow_id)] == [1, 2]
+    assert store.sql.commit(change) == Committed(change.version + 1, None)
+    assert [r.version for r in store.sql.history(change.workflow_id)] == [1, 2]
 
 
 def test_ambiguous_commit_that_did_not_happen_is_reported_lost(
@@ -75,8 +75,8 @@ def test_ambiguous_commit_that_did_not_happen_is_reported_lost(
         raise _ambiguous_error()
 
     monkeypatch.setattr(store, "_commit", lose_it)
-    assert store.commit(change) is None
-    assert store.get(change.workflow_id).version == 1
+    assert store.sql.commit(change) is None
+    assert store.sql.get(change.workflow_id).version == 1
 
 
 def test_other_store_errors_still_raise(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,4 +87,4 @@ def test_other_store_errors_still_raise(store: Store, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(store, "_commit", fail)
     with pytest.raises(StoreError, match="something else"):
-        store.commit(change)
+        store.sql.commit(change)

@@ -407,7 +407,7 @@ def test_billing_batch_bills_every_customer_under_the_limit(store: Store) -> Non
         info = client.wait(wid, timeout=30)
     assert info.state == BillingDone("2030-01", billed=23, failed=("cus_07",))
     assert provider.peak <= 4  # PAYMENTS_API: 4 at once, across the worker's 8 threads
-    children = {c.data["customer_id"]: c for c in store.children_of(wid)}
+    children = {c.data["customer_id"]: c for c in store.sql.children_of(wid)}
     assert len(children) == 24
     assert client.get(children["cus_00"].id).state == Invoiced("cus_00", "2030-01",
                                                               "in_cus_00_2030-01")
@@ -435,7 +435,7 @@ def test_the_monthly_schedule_starts_one_batch_per_tick(db_url: str) -> None:
             w.start()
         try:
             # First seen now: the schedule starts from this moment, nothing before it.
-            wait_for(lambda: MONTHLY_BILLING.name in store.schedule_ticks(), "the first sweep")
+            wait_for(lambda: MONTHLY_BILLING.name in store.sql.schedule_ticks(), "the first sweep")
             clock.set(datetime(2030, 2, 1, 5, 0, 30, tzinfo=UTC))  # 06:00:30 in Berlin
             key = "schedule:monthly-billing:2030-02-01T05:00:00+00:00"
             batch = wait_for(lambda: [i for i in client.list(machine="billing_batch")

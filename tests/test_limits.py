@@ -378,7 +378,7 @@ def test_slot_of_a_crashed_holder_is_reclaimed_after_its_lease(store: Store) -> 
     client = Client(store, [Guarded])
     # A holder takes the only slot and dies without giving it back.
     taken = time.monotonic()  # no later than the slot's lease began
-    assert store.acquire_slot(CRASH_KEY, 1, uuid.uuid4(), lease=0.5) == 0
+    assert store.sql.acquire_slot(CRASH_KEY, 1, uuid.uuid4(), lease=0.5) == 0
     with Worker(store, [Guarded(rec)], concurrency=2, poll_interval=0.05):
         wid = client.start(Guarded, Enter())
         info = client.wait(wid, timeout=10)

@@ -221,7 +221,7 @@ def test_missed_ticks_after_an_outage(db_url: str, missed: str, expected: list[i
 
         # First run: the schedule is recorded as of now; nothing is started.
         assert run_schedule(store, s) == []
-        assert store.schedule_ticks() == {s.name: utc(2030, 1, 1, 0, 10)}
+        assert store.sql.schedule_ticks() == {s.name: utc(2030, 1, 1, 0, 10)}
 
         # Outage: five hourly ticks (01:00 .. 05:00) pass with no worker; it ends at 05:15, so
         # even the newest of them is more than `grace` late.
@@ -229,7 +229,7 @@ def test_missed_ticks_after_an_outage(db_url: str, missed: str, expected: list[i
         started = run_schedule(store, s)
         assert len(started) == len(expected)
         assert keys_of(store) == [s.key(utc(2030, 1, 1, h)) for h in expected]
-        assert store.schedule_ticks()[s.name] == utc(2030, 1, 1, 5)  # consumed, whatever ran
+        assert store.sql.schedule_ticks()[s.name] == utc(2030, 1, 1, 5)  # consumed, whatever ran
         assert run_schedule(store, s) == []  # and they stay consumed
 
         # Back to normal: the next tick starts exactly one workflow, whatever the policy.
@@ -401,7 +401,7 @@ def test_schedules_command_lists_next_run(db_url: str) -> None:
     store = Store(db_url)
     try:
         run_schedule(store, DAILY)  # records the daily schedule: it has a last tick now
-        last = store.schedule_ticks()[DAILY.name]
+        last = store.sql.schedule_ticks()[DAILY.name]
         assert last is not None
         before = DAILY.next_tick(store.current_time())
         env = {k: v for k, v in os.environ.items() if k != "STATEMACHINE_DATABASE_URL"}

@@ -237,42 +237,43 @@ def finish(row: Any, *, version: int | None = None, token: str | None = None) ->
 
 
 def test_apply_is_a_compare_and_set(store: Store) -> None:
-    wid, created = store.insert_workflow(machine="store_m", state="Start", data={"n": 1})
+    wid, created = store.sql.insert_workflow(machine="store_m", state="Start", data={"n": 1})
     assert created
-    [row] = store.claim(owner="w1", machines=["store_m"], limit=10, lease=30)
+    [row] = store.sql.claim(owner="w1", machines=["store_m"], limit=10, lease=30)
     assert (row.id, row.version, row.attempt, row.external_change) == (wid, 1, 1, False)
 
-    assert store.apply(finish(row, version=row.version + 1)) is None
-    assert store.apply(finish(row, token="not-the-lease")) is None
-    after = store.get(wid)
+    assert store.sql.apply(finish(row, version=row.version + 1)) is None
+    assert store.sql.apply(finish(row, token="not-the-lease")) is None
+    after = store.sql.get(wid)
     assert (after.status, after.state, after.version) == ("running", "Start", 1)
-    assert [h.version for h in store.history(wid)] == [1]
+    assert [h.version for h in store.sql.history(wid)] == [1]
 
-    assert store.apply(finish(row)) == 2
-    after = store.get(wid)
+    assert store.sql.apply(finish(row)) == 2
+    after = store.sql.get(wid)
     assert (after.status, after.state, after.data, after.version) == (
         "done", "Done", {"ok": True}, 2)
     assert after.lease_token is None
     assert after.wake_at is None
-    assert [(h.version, h.kind) for h in store.history(wid)] == [(1, "start"), (2, "transition")]
+    kinds = [(h.version, h.kind) for h in store.sql.history(wid)]
+    assert kinds == [(1, "start"), (2, "transition")]
     # The same change cannot commit twice.
-    assert store.apply(finish(row)) is None
+    assert store.sql.apply(finish(row)) is None
 
 
 def test_claim_is_exclusive_until_the_lease_expires(store: Store) -> None:
-    wid, _ = store.insert_workflow(machine="store_m", state="Start", data={})
-    [first] = store.claim(owner="w1", machines=["store_m"], limit=10, lease=0.3)
+    wid, _ = store.sql.insert_workflow(machine="store_m", state="Start", data={})
+    [first] = store.sql.claim(owner="w1", machines=["store_m"], limit=10, lease=0.3)
     assert first.previous_status == "ready"
-    assert store.claim(owner="w2", machines=["store_m"], limit=10, lease=0.3) == []
-    assert store.claim(owner="w2", machines=["other"], limit=10, lease=0.3) == []
+    assert store.sql.claim(owner="w2", machines=["store_m"], limit=10, lease=0.3) == []
+    assert store.sql.claim(owner="w2", machines=["other"], limit=10, lease=0.3) == []
 
     time.sleep(0.4)
-    [second] = store.claim(owner="w2", machines=["store_m"], limit=10, lease=30)
+    [second] = store.sql.claim(owner="w2", machines=["store_m"], limit=10, lease=30)
     assert second.id == wid
     assert second.previous_status == "running"  # the first holder was abandoned
     assert second.attempt == 2
     assert second.lease_token != first.lease_token
-    assert store.get(wid).lease_owner == "w2"
+    assert store.sql.get(wid).lease_owner == "w2"
     # The worker that lost its lease cannot commit any more; the new holder can.
-    assert store.apply(finish(first)) is None
-    assert store.apply(finish(second)) == 2
+    assert store.sql.apply(finish(first)) is None
+    assert store.sql.apply(finish(second)) == 2

@@ -913,7 +913,7 @@ def test_an_event_racing_its_timeout_exactly_one_wins(store: Store) -> None:
     def armed() -> dict[uuid.UUID, datetime]:
         """Each workflow's deadline, once every one has armed (a slow machine may see the first
         ones time out before the last one arms: the deadline is then read from history)."""
-        rows = store.get_many(ids)
+        rows = store.sql.get_many(ids)
         if len(rows) < len(ids) or any(r.state == "Arming" for r in rows):
             return {}
         return {r.id: datetime.fromisoformat(client.history(r.id)[1].data["deadline"])
@@ -1084,7 +1084,7 @@ def test_a_thousand_children_twenty_at_a_time(store: Store, sql: Engine) -> None
     # parent's transactions (it wakes the parent row; the parent counts its children). The runner
     # keeps retrying a contended commit while its lease protects the row, so no finished child's
     # result is thrown away and re-run (which this job's single attempt would turn into a park).
-    lost = [(c.data["i"], c.last_error) for c in store.children_of(wid)
+    lost = [(c.data["i"], c.last_error) for c in store.sql.children_of(wid)
             if c.status == "failed" and c.data["i"] != 500]
     assert info.state == Collected(tag, ok=999, failed=1), lost[:3]
     assert meter.max <= 20
@@ -1138,8 +1138,8 @@ def test_children_start_atomically_with_the_parents_transition(store: Store) -> 
     spawned = PROBE.calls(tag, "spawned")
     assert [(s[1], len(s[2])) for s in spawned] == [(1, 3), (2, 3)]
     assert count_children(store, wid) == 3
-    assert {c.id for c in store.children_of(wid)} == set(spawned[1][2])
-    assert store.get_many(spawned[0][2]) == []  # the failed attempt's children never existed
+    assert {c.id for c in store.sql.children_of(wid)} == set(spawned[1][2])
+    assert store.sql.get_many(spawned[0][2]) == []  # the failed attempt's children never existed
 
 
 # -- 5. cancellation ----------------------------------------------------------------------------
@@ -1236,14 +1236,14 @@ def test_cancelling_a_parent_cancels_its_children(store: Store) -> None:
         wait_for(lambda: in_state(client, wid, "AwaitingListeners", "waiting"), "the parent")
 
         def two_listening() -> bool:
-            kids = store.children_of(wid)
+            kids = store.sql.children_of(wid)
             return sum(k.status == "waiting" for k in kids) == 2 and len(kids) == 5
 
         wait_for(two_listening, "two children waiting, three queued")
         assert client.cancel(wid, reason=REASON) == "cancelled"
 
         def all_cancelled() -> list[Any]:
-            kids = store.children_of(wid)
+            kids = store.sql.children_of(wid)
             return kids if all(k.status == "cancelled" for k in kids) else []
 
         kids = wait_for(all_cancelled, "every child to be cancelled")

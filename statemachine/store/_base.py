@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import psycopg
 from sqlalchemy import (
@@ -81,6 +81,14 @@ class StoreBase:
             self.engine if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT"))
         self._fast_driver = autocommit is not None and autocommit.dialect.driver == "psycopg"
+
+    @property
+    def sql(self) -> Self:
+        """The engine's statements (claim, commit, events, ...): internal, not the user's API.
+
+        Transitional: the statements still live on the store itself; they move to a separate
+        object behind this attribute, so callers already spell them ``store.sql.<name>``."""
+        return self
 
     @property
     def engines(self) -> tuple[Engine, ...]:
