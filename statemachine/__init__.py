@@ -5,10 +5,10 @@ state classes with one `step` handler per state, start workflows with a `Client`
 with a `Worker` inside your own process.
 """
 
-from .client import Client, HistoryEntry, WorkflowInfo
-from .clock import Clock, SystemClock
-from .context import Context
-from .definition import (
+from ._client import Client, HistoryEntry, WorkflowInfo
+from ._clock import Clock, SystemClock
+from ._context import Context
+from ._definition import (
     ChildResult,
     Delayed,
     Failure,
@@ -24,6 +24,10 @@ from .definition import (
     state_name,
     step,
 )
+from ._limits import Limit, RetryAfter
+from ._runtime import Worker
+from ._schedules import Schedule
+from ._store import Store
 from .errors import (
     DataError,
     InvalidDefinition,
@@ -36,10 +40,6 @@ from .errors import (
     WaitTimeout,
     WorkflowNotFound,
 )
-from .limits import Limit, RetryAfter
-from .runtime import Worker
-from .schedules import Schedule
-from .store import Store
 
 __all__ = [
     "ChildResult",

@@ -1,5 +1,5 @@
 """``python -m statemachine``: the same as the `statemachine` command."""
 
-from .cli import main
+from ._cli import main
 
 main()

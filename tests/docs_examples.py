@@ -1,4 +1,4 @@
-"""The machines the how-to guides quote, run by ``tests/test_docs.py`` on every backend.
+"""The machines the how-to guides quote, run by ``tests/acceptance/test_docs.py`` on every backend.
 
 - `Trial` (docs/how-to/waiting.md): a 14-day trial that waits for an event (`PlanChosen`) or its
   deadline, sleeps 30 days on a durable timer, and purges the account at once when cancelled.

@@ -1,0 +1,304 @@
+"""Starting, inspecting and steering workflows from application code (and the CLI)."""
+
+from __future__ import annotations
+
+import builtins
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from ._definition import Machine
+from ._schema import FINISHED_STATUSES
+from ._serde import Codecs, StateCodec
+from ._store import Change, Store
+from .errors import (
+    DataError,
+    InvalidOperation,
+    StateMachineError,
+    UnknownMachine,
+    WaitTimeout,
+    WorkflowNotFound,
+)
+
+__all__ = ["Client", "HistoryEntry", "WorkflowInfo"]
+
+WorkflowId = uuid.UUID | str
+
+
+@attrs.frozen
+class WorkflowInfo:
+    """A workflow as stored now. `state` is the loaded state object, or None when this process
+    does not know the machine or the stored data does not fit (then `load_error` says why)."""
+
+    id: uuid.UUID
+    machine: str
+    state_name: str
+    data: Any
+    status: str
+    version: int
+    attempt: int
+    wake_at: datetime | None
+    key: str | None
+    parent_id: uuid.UUID | None
+    last_error: str | None
+    lease_owner: str | None
+    created_at: datetime
+    updated_at: datetime
+    state: object | None = None
+    load_error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the workflow has reached done, failed (parked) or cancelled."""
+        return self.status in FINISHED_STATUSES
+
+
+@attrs.frozen
+class HistoryEntry:
+    """One row of `sm_history`: a committed change to the workflow."""
+
+    version: int
+    kind: str
+    from_state: str | None
+    to_state: str
+    data: Any
+    status: str
+    cause: str | None
+    attempt: int
+    error: str | None
+    worker: str | None
+    started_at: datetime | None
+    finished_at: datetime
+
+
+class Client:
+    """Start and steer workflows. Pass the machines whose states you want loaded as objects;
+    machines defined in imported modules are found by name too."""
+
+    def __init__(self, store: Store | str | None = None,
+                 machines: Iterable[type[Machine] | Machine] = ()) -> None:
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.codecs = Codecs(m.spec for m in machines)
+
+    def codec_for(self, machine: str) -> StateCodec:
+        """The codec of `machine`; `UnknownMachine` if this process does not know it."""
+        codec = self.codecs.get(machine)
+        if codec is None:
+            raise UnknownMachine(f"machine {machine} is not known to this process (pass the "
+                                 "machine to Client, or --app on the command line)")
+        return codec
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def start(
+        self, machine: type[Machine] | Machine, state: object, *, key: str | None = None
+    ) -> uuid.UUID:
+        """Start a workflow of `machine` in `state` (its initial state); returns the id.
+
+        With a `key`, starting again with the same key returns the first workflow's id and starts
+        nothing (safe to call from a retried request handler)."""
+        spec = machine.spec
+        if type(state) is not spec.initial:
+            raise InvalidOperation(
+                f"machine {spec.name} starts in {spec.initial.__name__}, not "
+                f"{type(state).__name__}")
+        codec = self.codecs.of(spec)
+        name, data = codec.dump(state)
+        workflow_id, _created = self.store.sql.insert_workflow(
+            machine=spec.name, state=name, data=data, key=key)
+        self.store.sql.notify()
+        return workflow_id
+
+    def start_many(
+        self, machine: type[Machine] | Machine, states: Iterable[object]
+    ) -> list[uuid.UUID]:
+        """Start one workflow per state in a single transaction (bulk, no keys)."""
+        spec = machine.spec
+        codec = self.codecs.of(spec)
+        rows = []
+        for s in states:
+            if type(s) is not spec.initial:
+                raise InvalidOperation(f"machine {spec.name} starts in {spec.initial.__name__}")
+            rows.append(codec.dump(s))
+        ids = self.store.sql.insert_workflows(spec.name, rows)
+        self.store.sql.notify()
+        return ids
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, workflow_id: WorkflowId) -> WorkflowInfo:
+        """The workflow now. Raises `WorkflowNotFound`."""
+        wid = _uuid(workflow_id)
+        row = self.store.sql.get(wid)
+        if row is None:
+            raise WorkflowNotFound(f"no workflow {wid}")
+        return self._info(row)
+
+    def wait(self, workflow_id: WorkflowId, timeout: float = 30.0,
+             poll: float = 0.02) -> WorkflowInfo:
+        """Block until the workflow is finished (done, failed or cancelled); returns it.
+        Raises `WaitTimeout` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        wid = _uuid(workflow_id)
+        # A worker in this process says when it finishes the workflow; others are polled for.
+        finished = self.store.sql.watch(wid)
+        try:
+            while True:
+                info = self.get(wid)
+                if info.finished:
+                    return info
+                if time.monotonic() >= deadline:
+                    raise WaitTimeout(f"workflow {info.id} still {info.status} in "
+                                      f"{info.state_name} after {timeout}s")
+                finished.wait(min(poll, max(0.0, deadline - time.monotonic())))
+                poll = min(poll * 1.5, 0.5)
+        finally:
+            self.store.sql.unwatch(wid, finished)
+
+    def list(self, *, machine: str | None = None, status: str | None = None,
+             state: str | None = None, limit: int = 100) -> builtins.list[WorkflowInfo]:
+        """Workflows, newest first."""
+        return [self._info(r) for r in self.store.sql.list_workflows(machine=machine, status=status,
+                                                       state=state, limit=limit)]
+
+    def history(self, workflow_id: WorkflowId) -> builtins.list[HistoryEntry]:
+        """Every committed change of the workflow, oldest first."""
+        wid = _uuid(workflow_id)
+        rows = self.store.sql.history(wid)
+        if not rows and self.store.sql.get(wid) is None:
+            raise WorkflowNotFound(f"no workflow {wid}")
+        return [HistoryEntry(r.version, r.kind, r.from_state, r.to_state, r.data, r.status,
+                             r.cause, r.attempt, r.error, r.worker, r.started_at, r.finished_at)
+                for r in rows]
+
+    # -- steering ----------------------------------------------------------------------------
+
+    def retry(self, workflow_id: WorkflowId) -> int:
+        """Resume a parked (failed) workflow from the state it is in, with fresh attempts. For
+        one parked in doubt, this says the doubtful attempt did not happen: the handler runs."""
+        return self._change(workflow_id, ("failed",), "retry", "ready", wake_after=0.0,
+                            cause="retry requested")
+
+    def resolve(self, workflow_id: WorkflowId, *, to: object | None = None,
+                reason: str = "resolved by an operator") -> int:
+        """Settle a workflow parked in doubt: ``to=None`` re-runs the step (the attempt did not
+        take effect), ``to=SomeState(...)`` moves on as if it did. Returns the new version."""
+        info = self.get(workflow_id)
+        if info.status != "failed":
+            raise InvalidOperation(f"cannot resolve workflow {info.id}: it is {info.status}, "
+                                   "not parked")
+        if to is None:
+            return self.retry(info.id)
+        return self.force(info.id, to, reason=reason)
+
+    def cancel(self, workflow_id: WorkflowId, *, reason: str = "cancel requested") -> str:
+        """Cancel a workflow, whatever it is doing. Returns ``"cancelled"`` when it ended at once
+        (it was not running and its machine has no cancel route for its state), else
+        ``"requested"``: a worker carries it out, running the machine's cancel route
+        (compensation) if it has one, after a running handler finishes. Children are cancelled
+        with their parent. Recorded in history with `reason` (say who asked)."""
+        wid = _uuid(workflow_id)
+        info = self.get(wid)
+        codec = self.codecs.get(info.machine)
+        direct = False
+        if codec is not None:
+            # Data that does not load cannot go through a cancel route: cancel it plainly.
+            direct = info.state is None or not codec.spec.cancel_applies(type(info.state))
+        outcome = self.store.sql.request_cancel(wid, reason, direct=direct)
+        self.store.sql.notify()
+        return outcome
+
+    def send(self, workflow_id: WorkflowId, event: object) -> uuid.UUID:
+        """Send `event` to a workflow; returns the event's id. The event waits in the
+        workflow's inbox (in order) until a state that accepts it consumes it, atomically with
+        the transition it causes. Raises `DataError` for an event type the machine does not
+        accept anywhere or data that does not fit, `InvalidOperation` if it has finished."""
+        wid = _uuid(workflow_id)
+        info = self.get(wid)
+        if info.finished:
+            raise InvalidOperation(f"workflow {wid} is {info.status}: it accepts no more events")
+        codec = self.codecs.get(info.machine)
+        if codec is None:
+            raise UnknownMachine(f"machine {info.machine} is not known to this process")
+        name, data = codec.dump_event(event)
+        event_id = self.store.sql.insert_event(wid, name, data)
+        self.store.sql.notify()
+        return event_id
+
+    def send_data(self, workflow_id: WorkflowId, event_type: str, data: Any) -> uuid.UUID:
+        """`send` an event given by type name and JSON data (what the CLI does)."""
+        info = self.get(workflow_id)
+        codec = self.codecs.get(info.machine)
+        if codec is None:
+            raise UnknownMachine(f"machine {info.machine} is not known to this process")
+        return self.send(info.id, codec.load_event(event_type, data))
+
+    def force(self, workflow_id: WorkflowId, state: object, *, reason: str = "forced") -> int:
+        """Put the workflow in `state` and make it due now, whatever it was doing (an in-flight
+        handler's result is then discarded). The Python twin of the SQL in
+        docs/how-to/operating-by-sql.md."""
+        info = self.get(workflow_id)
+        codec = self.codecs.get(info.machine)
+        if codec is None:
+            raise UnknownMachine(f"machine {info.machine} is not known to this process")
+        name, data = codec.dump(state)
+        terminal = codec.spec.is_terminal(type(state))
+        change = Change(
+            workflow_id=info.id, version=info.version, kind="forced", from_state=info.state_name,
+            to_state=name, data=data, status="done" if terminal else "ready", attempt=0,
+            wake_after=None if terminal else 0.0, cause=reason, new_state=True,
+            wake_parent=info.parent_id if terminal else None)
+        version = self.store.sql.apply(change)
+        if version is None:
+            raise InvalidOperation(f"workflow {info.id} changed while forcing it; try again")
+        self.store.sql.notify()
+        return version
+
+    def _change(self, workflow_id: WorkflowId, allowed: tuple[str, ...], kind: str, status: str,
+                *, wake_after: float | None, cause: str) -> int:
+        for _ in range(5):
+            info = self.get(workflow_id)
+            if info.status not in allowed:
+                raise InvalidOperation(
+                    f"cannot {kind} workflow {info.id}: it is {info.status} "
+                    f"(only {', '.join(allowed)} workflows can be)")
+            version = self.store.sql.apply(Change(
+                workflow_id=info.id, version=info.version, expect_status=allowed, kind=kind,
+                from_state=info.state_name, to_state=info.state_name, data=info.data,
+                status=status, attempt=info.attempt, wake_after=wake_after, new_state=False,
+                reset_attempts=True, cause=cause, in_doubt="" if kind == "retry" else None))
+            if version is not None:
+                self.store.sql.notify()
+                return version
+        raise StateMachineError(f"workflow {info.id} kept changing; {kind} not applied")
+
+    def _info(self, row: Any) -> WorkflowInfo:
+        state: object | None = None
+        load_error: str | None = None
+        codec = self.codecs.get(row.machine)
+        if codec is None:
+            load_error = f"machine {row.machine} is not known to this process"
+        else:
+            try:
+                state = codec.load(row.state, row.data, workflow=row.id)
+            except (DataError, UnknownMachine) as e:
+                load_error = str(e)
+        return WorkflowInfo(
+            id=row.id, machine=row.machine, state_name=row.state, data=row.data,
+            status=row.status, version=row.version, attempt=row.attempt, wake_at=row.wake_at,
+            key=row.key, parent_id=row.parent_id, last_error=row.last_error,
+            lease_owner=row.lease_owner, created_at=row.created_at, updated_at=row.updated_at,
+            state=state, load_error=load_error)
+
+
+def _uuid(value: WorkflowId) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise WorkflowNotFound(f"{value!r} is not a workflow id (a UUID)") from None

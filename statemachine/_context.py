@@ -1,0 +1,75 @@
+"""What a handler gets besides its state: who it is, which attempt, a fresh clock, a logger."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import attrs
+from sqlalchemy import Connection
+
+from ._clock import Clock
+
+__all__ = ["Context"]
+
+
+@attrs.define(slots=True)
+class Context:
+    """Passed to every handler as its last argument.
+
+    `idempotency_key` is the same for every retry of this transition and different for the next
+    one: pass it to APIs that deduplicate (an ``Idempotency-Key`` header). `now()` reads the clock
+    each time it is called; nothing about time is replayed.
+    """
+
+    workflow_id: uuid.UUID
+    machine: str
+    state: str
+    attempt: int
+    version: int
+    idempotency_key: str
+    worker: str
+    log: logging.LoggerAdapter[logging.Logger]
+    _clock: Clock = attrs.field(alias="clock")
+    _extend: Callable[[float], None] = attrs.field(alias="extend")
+    _start_child: Callable[[Any, object, str | None], uuid.UUID] | None = attrs.field(
+        alias="start_child", default=None)
+    _cancel_check: Callable[[], str | None] | None = attrs.field(alias="cancel_check",
+                                                                default=None)
+    _connection: Connection | None = attrs.field(alias="connection", default=None)
+
+    def now(self) -> datetime:
+        """The current time (aware UTC), read afresh."""
+        return self._clock.now()
+
+    def extend_lease(self, seconds: float) -> None:
+        """Hold this workflow for `seconds` from now, for an action that will take long. (Leases
+        are also renewed in the background while the worker process is alive.)"""
+        self._extend(seconds)
+
+    def start_child(self, machine: Any, state: object, *, key: str | None = None) -> uuid.UUID:
+        """Start a child workflow of `machine` in `state` when this transition commits (never
+        before, never twice: a retried attempt starts its own children, the failed one's are
+        never written). Returns the child's id. Return a state with an `@on_children` handler to
+        wait for the children."""
+        if self._start_child is None:
+            raise RuntimeError("children can only be started from a handler run by a worker")
+        return self._start_child(machine, state, key)
+
+    @property
+    def connection(self) -> Connection:
+        """The open transaction of a ``@step(transactional=True)`` handler: what it writes here
+        commits atomically with the workflow's next state (and rolls back if that fails)."""
+        if self._connection is None:
+            raise RuntimeError(f"ctx.connection: handler of {self.state} is not transactional; "
+                               "declare it @step(transactional=True)")
+        return self._connection
+
+    @property
+    def cancel_requested(self) -> str | None:
+        """Who asked to cancel this workflow and why, if someone did while the handler runs
+        (read from the database on each access). Finish or stop early; the cancel route follows."""
+        return self._cancel_check() if self._cancel_check is not None else None

@@ -1,0 +1,170 @@
+"""State objects to and from (name, JSON-ready dict), with one cattrs converter per machine.
+
+JSON, never pickle: operators read and write `sm_workflows.data` in SQL. Datetimes are ISO 8601
+with a time zone. State classes evolve with workflows in flight: new fields take defaults, a
+renamed class lists its old name in ``__state_aliases__``, and a ``__upcast__(data) -> data``
+static method rewrites an old shape of stored data before it is loaded.
+
+Structuring is strict (``"ten"`` is not an int, ``"10"`` is not one either), so data forced by
+hand that does not fit its class is caught when it is loaded, with an error that names the
+workflow, the state and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import cattrs
+from cattrs.preconf.json import make_converter
+
+from ._definition import MachineSpec, lookup_machine, state_name
+from .errors import DataError, UnknownMachine
+
+__all__ = ["Codecs", "StateCodec", "make_state_converter"]
+
+
+def _strict(kind: type) -> Callable[[Any, type], Any]:
+    def structure(value: Any, _: type) -> Any:
+        # bool is an int in Python; a JSON true is not a number of anything.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise TypeError(f"expected {kind.__name__}, got {value!r}")
+        return value
+
+    return structure
+
+
+def _structure_float(value: Any, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected float, got {value!r}")
+    return float(value)
+
+
+def _structure_datetime(value: Any, _: type) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError(f"expected an ISO 8601 datetime string, got {value!r}")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"datetime {value!r} has no time zone")
+    return parsed
+
+
+def _unstructure_datetime(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise DataError(f"naive datetime {value!r}: give state datetimes a time zone")
+    return value.isoformat()
+
+
+def make_state_converter() -> cattrs.Converter:
+    """A fresh converter with statemachine's strict JSON rules (never the global converter)."""
+    converter = make_converter()
+    for kind in (int, str, bool):
+        converter.register_structure_hook(kind, _strict(kind))
+    converter.register_structure_hook(float, _structure_float)
+    converter.register_structure_hook(datetime, _structure_datetime)
+    converter.register_unstructure_hook(datetime, _unstructure_datetime)
+    return converter
+
+
+def _describe(error: BaseException, path: str) -> str:
+    messages = cattrs.transform_error(error, path=path, format_exception=_format_leaf)
+    return "; ".join(messages)
+
+
+def _format_leaf(error: BaseException, _type: type | None) -> str:
+    if isinstance(error, KeyError):
+        return "required field missing"
+    return str(error) or type(error).__name__
+
+
+class StateCodec:
+    """Encodes and decodes the states of one machine."""
+
+    def __init__(self, spec: MachineSpec, converter: cattrs.Converter | None = None) -> None:
+        self.spec = spec
+        self.converter = converter or make_state_converter()
+
+    def dump(self, state: object) -> tuple[str, dict[str, Any]]:
+        """(stored name, JSON-ready fields) of a state object of this machine."""
+        cls = type(state)
+        name = state_name(cls)
+        if self.spec.states.get(name) is not cls:
+            raise DataError(f"{cls.__name__} is not a state of machine {self.spec.name}")
+        data = self.converter.unstructure(state)
+        if not isinstance(data, dict):
+            raise DataError(f"state {name} did not serialize to an object")
+        return name, data
+
+    def dump_event(self, event: object) -> tuple[str, dict[str, Any]]:
+        """(stored type name, JSON-ready fields) of an event this machine accepts somewhere;
+        `DataError` for an event class it does not know."""
+        cls = type(event)
+        name = state_name(cls)
+        if self.spec.event_types.get(name) is not cls:
+            known = ", ".join(sorted(self.spec.event_types)) or "none"
+            raise DataError(f"machine {self.spec.name} accepts no event {cls.__name__} "
+                            f"(its events: {known})")
+        data = self.converter.unstructure(event)
+        self.load_event(name, data)  # attrs does not check field types; the stored form must load
+        return name, data
+
+    def load_event(self, name: str, data: Any, *, workflow: object = None) -> object:
+        """The event object for a stored (type, data); `DataError` names what does not fit."""
+        where = f"workflow {workflow}: " if workflow is not None else ""
+        cls = self.spec.event_types.get(name)
+        if cls is None:
+            known = ", ".join(sorted(self.spec.event_types)) or "none"
+            raise DataError(f"{where}machine {self.spec.name} accepts no event named {name!r} "
+                            f"(its events: {known})")
+        if not isinstance(data, dict):
+            raise DataError(f"{where}event {name}: data must be a JSON object, got {data!r}")
+        try:
+            return self.converter.structure(data, cls)
+        except Exception as e:
+            raise DataError(f"{where}event {name}: {_describe(e, 'data')}") from e
+
+    def load(self, name: str, data: Any, *, workflow: object = None) -> object:
+        """The state object for a stored (name, data); `DataError` names what does not fit."""
+        where = f"workflow {workflow}: " if workflow is not None else ""
+        cls = self.spec.states.get(name) or self.spec.aliases.get(name)
+        if cls is None:
+            raise UnknownMachine(f"{where}machine {self.spec.name} has no state named {name!r}")
+        if not isinstance(data, dict):
+            raise DataError(f"{where}state {name}: data must be a JSON object, got {data!r}")
+        upcast = getattr(cls, "__upcast__", None)
+        if upcast is not None:
+            try:
+                data = upcast(dict(data))
+            except Exception as e:
+                raise DataError(f"{where}state {name}: __upcast__ failed: "
+                                f"{type(e).__name__}: {e}") from e
+        try:
+            return self.converter.structure(data, cls)
+        except Exception as e:
+            raise DataError(f"{where}state {name}: {_describe(e, 'data')}") from e
+
+
+class Codecs:
+    """Codecs by machine name: the machines given up front, then any machine class imported in
+    this process (found by its stored name)."""
+
+    def __init__(self, specs: Iterable[MachineSpec] = ()) -> None:
+        self._codecs = {spec.name: StateCodec(spec) for spec in specs}
+
+    def get(self, machine: str) -> StateCodec | None:
+        """The codec of `machine`, or None if this process does not know it."""
+        codec = self._codecs.get(machine)
+        if codec is None:
+            cls = lookup_machine(machine)
+            if cls is None:
+                return None
+            codec = self._codecs[machine] = StateCodec(cls.spec)
+        return codec
+
+    def of(self, spec: MachineSpec) -> StateCodec:
+        """The codec of a machine given by its spec (made once)."""
+        codec = self._codecs.get(spec.name)
+        if codec is None or codec.spec is not spec:
+            codec = self._codecs[spec.name] = StateCodec(spec)
+        return codec
