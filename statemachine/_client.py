@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from ._definition import Machine
+from ._records import HistoryKind, Status
 from ._schema import FINISHED_STATUSES
 from ._serde import Codecs, StateCodec
 from ._store import Change, Store
@@ -20,6 +21,7 @@ from .errors import (
     InvalidOperation,
     StateMachineError,
     UnknownMachine,
+    UnknownState,
     WaitTimeout,
     WorkflowNotFound,
 )
@@ -258,8 +260,8 @@ class Client:
         self.store.sql.notify()
         return version
 
-    def _change(self, workflow_id: WorkflowId, allowed: tuple[str, ...], kind: str, status: str,
-                *, wake_after: float | None, cause: str) -> int:
+    def _change(self, workflow_id: WorkflowId, allowed: tuple[str, ...], kind: HistoryKind,
+                status: Status, *, wake_after: float | None, cause: str) -> int:
         for _ in range(5):
             info = self.get(workflow_id)
             if info.status not in allowed:
@@ -270,7 +272,7 @@ class Client:
                 workflow_id=info.id, version=info.version, expect_status=allowed, kind=kind,
                 from_state=info.state_name, to_state=info.state_name, data=info.data,
                 status=status, attempt=info.attempt, wake_after=wake_after, new_state=False,
-                reset_attempts=True, cause=cause, in_doubt="" if kind == "retry" else None))
+                reset_attempts=True, cause=cause, clear_in_doubt=kind == "retry"))
             if version is not None:
                 self.store.sql.notify()
                 return version
@@ -285,7 +287,7 @@ class Client:
         else:
             try:
                 state = codec.load(row.state, row.data, workflow=row.id)
-            except (DataError, UnknownMachine) as e:
+            except (DataError, UnknownMachine, UnknownState) as e:
                 load_error = str(e)
         return WorkflowInfo(
             id=row.id, machine=row.machine, state_name=row.state, data=row.data,

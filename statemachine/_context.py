@@ -6,14 +6,18 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from sqlalchemy import Connection
 
 from ._clock import Clock
+from ._records import ClaimedRow
+from .errors import InvalidOperation
 
-__all__ = ["Context"]
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+__all__ = ["Context", "Services", "context_for"]
 
 
 @attrs.define(slots=True)
@@ -56,7 +60,8 @@ class Context:
         never written). Returns the child's id. Return a state with an `@on_children` handler to
         wait for the children."""
         if self._start_child is None:
-            raise RuntimeError("children can only be started from a handler run by a worker")
+            raise InvalidOperation("children can only be started from a handler run by a worker",
+                                   workflow_id=self.workflow_id, state=self.state)
         return self._start_child(machine, state, key)
 
     @property
@@ -64,8 +69,9 @@ class Context:
         """The open transaction of a ``@step(transactional=True)`` handler: what it writes here
         commits atomically with the workflow's next state (and rolls back if that fails)."""
         if self._connection is None:
-            raise RuntimeError(f"ctx.connection: handler of {self.state} is not transactional; "
-                               "declare it @step(transactional=True)")
+            raise InvalidOperation(f"ctx.connection: handler of {self.state} is not "
+                                   "transactional; declare it @step(transactional=True)",
+                                   workflow_id=self.workflow_id, state=self.state)
         return self._connection
 
     @property
@@ -73,3 +79,28 @@ class Context:
         """Who asked to cancel this workflow and why, if someone did while the handler runs
         (read from the database on each access). Finish or stop early; the cancel route follows."""
         return self._cancel_check() if self._cancel_check is not None else None
+
+
+@attrs.frozen
+class Services:
+    """What a worker lends one attempt's handler: its name, the clock, and the calls behind
+    ``ctx.extend_lease``, ``ctx.start_child``, ``ctx.cancel_requested`` and ``ctx.connection``."""
+
+    worker: str
+    clock: Clock
+    extend: Callable[[float], None]
+    start_child: Callable[[Any, object, str | None], uuid.UUID] | None = None
+    cancel_check: Callable[[], str | None] | None = None
+    connection: Connection | None = None
+
+
+def context_for(row: ClaimedRow, services: Services) -> Context:
+    """The `Context` of one attempt of `row`'s current transition."""
+    return Context(
+        workflow_id=row.id, machine=row.machine, state=row.state, attempt=row.attempt,
+        version=row.version, idempotency_key=f"{row.id}:{row.entered_version}",
+        worker=services.worker,
+        log=logging.LoggerAdapter(logging.getLogger(f"statemachine.workflow.{row.machine}"),
+                                  {"workflow_id": str(row.id), "state": row.state}),
+        clock=services.clock, extend=services.extend, start_child=services.start_child,
+        cancel_check=services.cancel_check, connection=services.connection)

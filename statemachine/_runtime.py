@@ -23,7 +23,7 @@ from types import FrameType
 
 from ._clock import Clock
 from ._definition import Machine
-from ._execution import Loaded, Runner
+from ._runner import Loaded, Runner
 from ._schedules import Schedule, run_schedule
 from ._serde import StateCodec
 from ._store import Change, ClaimedRow, Store

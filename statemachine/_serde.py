@@ -20,7 +20,7 @@ import cattrs
 from cattrs.preconf.json import make_converter
 
 from ._definition import MachineSpec, lookup_machine, state_name
-from .errors import DataError, UnknownMachine
+from .errors import DataError, UnknownState
 
 __all__ = ["Codecs", "StateCodec", "make_state_converter"]
 
@@ -129,7 +129,8 @@ class StateCodec:
         where = f"workflow {workflow}: " if workflow is not None else ""
         cls = self.spec.states.get(name) or self.spec.aliases.get(name)
         if cls is None:
-            raise UnknownMachine(f"{where}machine {self.spec.name} has no state named {name!r}")
+            raise UnknownState(f"{where}machine {self.spec.name} has no state named {name!r}",
+                               machine=self.spec.name, state=name)
         if not isinstance(data, dict):
             raise DataError(f"{where}state {name}: data must be a JSON object, got {data!r}")
         upcast = getattr(cls, "__upcast__", None)

@@ -1,9 +1,11 @@
-"""Checking a machine when its class is created, and building its `MachineSpec`.
+"""Checking a machine when its class is created, and building its frozen `MachineSpec`.
 
 Every handler's signature is resolved (the state it handles from its first parameter, the states
-it returns from its return annotation), filed by kind, and the graph is checked: one way out of
-every non-terminal state, none out of a terminal one, every state reachable, every target a state.
-A machine that breaks a rule fails with `InvalidDefinition` naming the machine, state and rule.
+it returns from its return annotation) into a `Handler` of this machine, and the graph is checked:
+one way out of every non-terminal state, none out of a terminal one, every state reachable, every
+target a state. Each rule is one small `_check_*` function raising one `InvalidDefinition` that
+names the machine, the state and the rule. Nothing given is mutated: declarations stay as the
+decorators made them.
 """
 
 from __future__ import annotations
@@ -11,12 +13,25 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Union
 
 import attrs
 
-from ._definition import Delayed, ErrorRoute, MachineSpec, Rerun, StepHandler, state_name
+from ._declarations import (
+    DECLARATIONS,
+    CancelDeclaration,
+    ChildrenDeclaration,
+    Declaration,
+    Delayed,
+    EventDeclaration,
+    Rerun,
+    RouteDeclaration,
+    StepDeclaration,
+    TimeoutDeclaration,
+    state_name,
+)
+from ._spec import Handler, MachineSpec, Route
 from .errors import InvalidDefinition
 
 if TYPE_CHECKING:
@@ -24,227 +39,322 @@ if TYPE_CHECKING:
 
 __all__ = ["build_spec"]
 
+AnyHandler = Handler[Any]
+
+
+@attrs.frozen
+class _Where:
+    """The machine being checked, for error messages and fields."""
+
+    cls: type
+    name: str
+
+    def error(self, message: str, state: type | None = None) -> InvalidDefinition:
+        return InvalidDefinition(f"machine {self.cls.__name__}: {message}", machine=self.name,
+                                 state=None if state is None else state_name(state))
+
 
 def build_spec(cls: type[Machine]) -> MachineSpec:
     """Check `cls` and build its spec; `InvalidDefinition` names what is wrong."""
-    where = f"machine {cls.__name__}"
-    initial = getattr(cls, "initial", None)
-    if initial is None:
-        raise InvalidDefinition(f"{where}: no initial state (set `initial = SomeState`)")
-    if isinstance(cls.terminal, type):
-        raise InvalidDefinition(f"{where}: `terminal` must be a tuple of states, got the class "
-                                f"{cls.terminal.__name__} (write `terminal = "
-                                f"({cls.terminal.__name__},)`)")
-    terminal = list(cls.terminal)
-    if not terminal:
-        raise InvalidDefinition(f"{where}: no terminal state (set `terminal = (Done, ...)`)")
-
-    # By attribute name, base classes first: a subclass overrides a handler by redefining it.
-    by_name: dict[str, StepHandler[Any]] = {}
-    for klass in reversed(cls.__mro__):
-        for attr, value in vars(klass).items():
-            if isinstance(value, StepHandler):
-                by_name[attr] = value
-            elif attr in by_name and value is None:
-                del by_name[attr]  # `name = None` in a subclass removes an inherited handler
-    handlers = list(by_name.values())
-
+    where = _Where(cls, getattr(cls, "name", cls.__name__))
+    initial = _check_initial(where, cls)
+    terminal = _check_terminal(where, cls)
     declared = list(cls.states) if cls.states is not None else None
     localns = {c.__name__: c for c in [initial, *terminal, *(declared or [])]}
-    spec_parts = _index_handlers(where, handlers, localns)
-    steps, events, timeouts, children, cancel = spec_parts
+    found, routes = _declarations(cls)
+    handlers = [_resolve(where, name, decl, routes, localns) for name, decl in found]
+    steps, events, timeouts, children, cancel = _index(where, handlers)
 
-    known: list[type] = (declared if declared is not None
-                         else _collect(initial, terminal, handlers))
+    known = declared if declared is not None else _collect(initial, terminal, handlers)
     for s in [initial, *terminal]:
         _check_state_class(where, s)
-        if declared is not None and s not in declared:
-            raise InvalidDefinition(f"{where}: state {s.__name__} is not in `states`")
-    for handler in handlers:
-        for source in handler.sources:
-            if source is not object and declared is not None and source not in declared:
-                raise InvalidDefinition(
-                    f"{where}: handler {handler.name!r} handles {source.__name__}, "
-                    "which is not a state of this machine")
-        for target in _all_targets(handler):
-            if declared is not None and target not in declared:
-                raise InvalidDefinition(
-                    f"{where}: handler {handler.name!r} returns {target.__name__}, "
-                    "which is not a state of this machine")
+    if declared is not None:
+        _check_declared(where, declared, initial, terminal, handlers)
+    names = _check_state_names(where, known)
+    aliases = _check_aliases(where, known, names)
+    terminal_set = frozenset(terminal)
+    _check_initial_not_terminal(where, initial, terminal_set)
+    _check_ways_out(where, known, terminal_set, handlers)
+    _check_cancel_sources(where, cancel, terminal_set)
+    _check_reachable(where, initial, known, terminal_set, handlers)
+    event_types = _check_event_names(where, events)
+    return MachineSpec(name=where.name, initial=initial, states=names, terminal=terminal_set,
+                       steps=steps, events=events, timeouts=timeouts, children=children,
+                       cancel=cancel, event_types=event_types, aliases=aliases)
 
+
+# -- collecting ----------------------------------------------------------------------------------
+
+
+def _declarations(
+    cls: type,
+) -> tuple[list[tuple[str, Declaration]], list[RouteDeclaration[Any]]]:
+    """(attribute name, declaration) of every handler of `cls`, and every route declared on it.
+    By attribute name, base classes first: a subclass overrides a handler by redefining it, and
+    removes an inherited one with ``name = None``."""
+    by_name: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            if isinstance(value, DECLARATIONS):
+                by_name[attr] = value
+            elif attr in by_name and value is None:
+                del by_name[attr]
+    handlers = [(n, d) for n, d in by_name.items() if not isinstance(d, RouteDeclaration)]
+    routes = [d for d in by_name.values() if isinstance(d, RouteDeclaration)]
+    return handlers, routes
+
+
+def _resolve(
+    where: _Where, name: str, decl: Declaration, routes: list[RouteDeclaration[Any]],
+    localns: dict[str, Any],
+) -> AnyHandler:
+    """The `Handler` of this machine for one declaration, its routes attached."""
+    kind = decl.kind
+    sources, targets, event = _signature(where, decl.fn, localns, kind, name,
+                                         any_source=kind == "cancel", event=kind == "event")
+    common: dict[str, Any] = dict(kind=kind, name=name, fn=decl.fn, sources=sources,
+                                  targets=targets, retry=decl.retry, declaration=decl)
+    if isinstance(decl, StepDeclaration):
+        return Handler(
+            **common, limit=decl.limit, transactional=decl.transactional,
+            at_most_once=decl.at_most_once,
+            error_route=_route_of(where, decl, name, sources[0], "error", routes, localns),
+            reconcile_route=_route_of(where, decl, name, sources[0], "reconcile", routes,
+                                      localns))
+    if isinstance(decl, EventDeclaration):
+        return Handler(**common, limit=decl.limit, event=event)
+    if isinstance(decl, TimeoutDeclaration):
+        return Handler(**common, timeout_after=decl.after, timeout_at=decl.at)
+    if isinstance(decl, ChildrenDeclaration):
+        return Handler(**common, wait_for=decl.wait_for, max_running=decl.max_running)
+    assert isinstance(decl, CancelDeclaration)
+    return Handler(**common)
+
+
+def _route_of(
+    where: _Where, step: StepDeclaration[Any], step_name: str, source: type,
+    kind: str, routes: list[RouteDeclaration[Any]], localns: dict[str, Any],
+) -> Route | None:
+    mine = [r for r in routes if r.kind == kind and any(s is step for s in r.steps)]
+    what = "error route" if kind == "error" else "reconcile"
+    _check_one_route(where, mine, step_name, kind, source)
+    if not mine:
+        return None
+    fn = mine[0].fn
+    # A union annotation lets one route serve several steps (one compensation entry).
+    r_sources, r_targets, _ = _signature(where, fn, localns, what, fn.__name__, any_source=True)
+    _check_route_handles(where, what, fn.__name__, r_sources, step_name, source)
+    return Route(fn, r_targets)
+
+
+def _index(where: _Where, handlers: list[AnyHandler]) -> tuple[
+        dict[type, AnyHandler], dict[type, dict[type, AnyHandler]], dict[type, AnyHandler],
+        dict[type, AnyHandler], AnyHandler | None]:
+    """File every handler by kind and state, rejecting a second way out of one state."""
+    steps: dict[type, AnyHandler] = {}
+    events: dict[type, dict[type, AnyHandler]] = {}
+    timeouts: dict[type, AnyHandler] = {}
+    children: dict[type, AnyHandler] = {}
+    cancel: AnyHandler | None = None
+    first: dict[type, AnyHandler] = {}  # the state's first handler, for messages
+    for h in handlers:
+        if h.kind == "cancel":
+            _check_one_cancel_route(where, cancel, h)
+            cancel = h
+            continue
+        source = h.source
+        if h.kind == "step":
+            _check_no_clash(where, source, first.get(source), h)
+            steps[source] = h
+        else:
+            _check_no_clash(where, source, steps.get(source), h)
+            if h.kind == "event":
+                assert h.event is not None
+                by_event = events.setdefault(source, {})
+                _check_no_clash(where, source, by_event.get(h.event), h)
+                by_event[h.event] = h
+            elif h.kind == "timeout":
+                _check_no_clash(where, source, timeouts.get(source), h)
+                timeouts[source] = h
+            else:
+                _check_no_clash(where, source, children.get(source), h)
+                children[source] = h
+        first.setdefault(source, h)
+    return steps, events, timeouts, children, cancel
+
+
+def _collect(initial: type, terminal: list[type], handlers: list[AnyHandler]) -> list[type]:
+    seen: dict[type, None] = {initial: None}
+    for handler in handlers:
+        seen.update(dict.fromkeys(s for s in handler.sources if s is not object))
+        seen.update(dict.fromkeys(handler.all_targets()))
+    seen.update(dict.fromkeys(terminal))
+    return list(seen)
+
+
+def _aliases(where: _Where, cls: type) -> tuple[str, ...]:
+    found = cls.__dict__.get("__state_aliases__", ())
+    if isinstance(found, str) or not all(isinstance(a, str) for a in found):
+        raise where.error(f"{cls.__name__}.__state_aliases__ must be a tuple of names", cls)
+    return tuple(found)
+
+
+# -- the rules, one function each ------------------------------------------------------------
+
+
+def _check_initial(where: _Where, cls: type) -> type:
+    initial = getattr(cls, "initial", None)
+    if initial is None:
+        raise where.error("no initial state (set `initial = SomeState`)")
+    return typing.cast(type, initial)
+
+
+def _check_terminal(where: _Where, cls: type) -> list[type]:
+    given = getattr(cls, "terminal", ())
+    if isinstance(given, type):
+        raise where.error(f"`terminal` must be a tuple of states, got the class "
+                          f"{given.__name__} (write `terminal = ({given.__name__},)`)")
+    terminal = list(given)
+    if not terminal:
+        raise where.error("no terminal state (set `terminal = (Done, ...)`)")
+    return terminal
+
+
+def _check_state_class(where: _Where, cls: Any, context: str = "") -> None:
+    if not (isinstance(cls, type) and attrs.has(cls)):
+        prefix = f"{context} " if context else "state "
+        raise where.error(f"{prefix}{cls!r} is not a state class (an attrs class)")
+
+
+def _check_declared(where: _Where, declared: list[type], initial: type, terminal: list[type],
+                    handlers: list[AnyHandler]) -> None:
+    """With an explicit `states` list, everything named elsewhere must be in it."""
+    for s in [initial, *terminal]:
+        if s not in declared:
+            raise where.error(f"state {s.__name__} is not in `states`", s)
+    for h in handlers:
+        for source in h.sources:
+            if source is not object and source not in declared:
+                raise where.error(f"handler {h.name!r} handles {source.__name__}, which is not "
+                                  "a state of this machine", source)
+        for target in h.all_targets():
+            if target not in declared:
+                raise where.error(f"handler {h.name!r} returns {target.__name__}, which is not "
+                                  "a state of this machine", target)
+
+
+def _check_state_names(where: _Where, known: list[type]) -> dict[str, type]:
     names: dict[str, type] = {}
     for s in known:
         _check_state_class(where, s)
         name = state_name(s)
         if name in names and names[name] is not s:
-            raise InvalidDefinition(f"{where}: two states are named {name!r}")
+            raise where.error(f"two states are named {name!r}", s)
         names[name] = s
+    return names
+
+
+def _check_aliases(where: _Where, known: list[type], names: dict[str, type]) -> dict[str, type]:
     for s in known:
         for alias in _aliases(where, s):
             if alias in names and names[alias] is not s:
-                raise InvalidDefinition(f"{where}: {s.__name__} lists alias {alias!r}, which "
-                                        f"names another state")
-    aliases = {alias: s for s in known for alias in _aliases(where, s)}
+                raise where.error(f"{s.__name__} lists alias {alias!r}, which names another "
+                                  "state", s)
+    return {alias: s for s in known for alias in _aliases(where, s)}
 
-    terminal_set = frozenset(terminal)
-    if initial in terminal_set:
-        raise InvalidDefinition(f"{where}: initial state {initial.__name__} is terminal")
+
+def _check_initial_not_terminal(where: _Where, initial: type, terminal: frozenset[type]) -> None:
+    if initial in terminal:
+        raise where.error(f"initial state {initial.__name__} is terminal", initial)
+
+
+def _check_ways_out(where: _Where, known: list[type], terminal: frozenset[type],
+                    handlers: list[AnyHandler]) -> None:
     for s in known:
         ways_out = [h for h in handlers if h.kind != "cancel" and s in h.sources]
-        if s in terminal_set and ways_out:
-            raise InvalidDefinition(
-                f"{where}: terminal state {s.__name__} has a handler ({ways_out[0].name!r}); "
-                "terminal states have no way out")
-        if s not in terminal_set and not ways_out:
-            raise InvalidDefinition(
-                f"{where}: state {s.__name__} is a dead end: it is not terminal and has no handler")
-    if cancel is not None:
-        for source in cancel.sources:
-            if source in terminal_set:
-                raise InvalidDefinition(
-                    f"{where}: cancel route {cancel.name!r} handles terminal state "
-                    f"{source.__name__}; finished workflows cannot be cancelled")
+        if s in terminal and ways_out:
+            raise where.error(f"terminal state {s.__name__} has a handler ({ways_out[0].name!r}); "
+                              "terminal states have no way out", s)
+        if s not in terminal and not ways_out:
+            raise where.error(f"state {s.__name__} is a dead end: it is not terminal and has no "
+                              "handler", s)
 
+
+def _check_cancel_sources(where: _Where, cancel: AnyHandler | None,
+                          terminal: frozenset[type]) -> None:
+    for source in cancel.sources if cancel is not None else ():
+        if source in terminal:
+            assert cancel is not None
+            raise where.error(f"cancel route {cancel.name!r} handles terminal state "
+                              f"{source.__name__}; finished workflows cannot be cancelled", source)
+
+
+def _check_reachable(where: _Where, initial: type, known: list[type], terminal: frozenset[type],
+                     handlers: list[AnyHandler]) -> None:
     reachable = {initial}
     frontier = [initial]
     while frontier:
         current = frontier.pop()
         for h in handlers:
             applies = current in h.sources or (
-                h.kind == "cancel" and object in h.sources and current not in terminal_set)
+                h.kind == "cancel" and object in h.sources and current not in terminal)
             if not applies:
                 continue
-            for t in _all_targets(h):
+            for t in h.all_targets():
                 if t not in reachable:
                     reachable.add(t)
                     frontier.append(t)
     for s in known:
         if s not in reachable:
-            raise InvalidDefinition(
-                f"{where}: state {s.__name__} is unreachable from the initial state "
-                f"{initial.__name__}")
+            raise where.error(f"state {s.__name__} is unreachable from the initial state "
+                              f"{initial.__name__}", s)
 
+
+def _check_event_names(where: _Where,
+                       events: dict[type, dict[type, AnyHandler]]) -> dict[str, type]:
     event_types: dict[str, type] = {}
     for by_event in events.values():
         for event in by_event:
             name = state_name(event)
             if event_types.setdefault(name, event) is not event:
-                raise InvalidDefinition(f"{where}: two event classes are named {name!r}")
-
-    return MachineSpec(name=cls.name, initial=initial, states=names, terminal=terminal_set,
-                       steps=steps, events=events, timeouts=timeouts, children=children,
-                       cancel=cancel, event_types=event_types, aliases=aliases)
+                raise where.error(f"two event classes are named {name!r}")
+    return event_types
 
 
-def _aliases(where: str, cls: type) -> tuple[str, ...]:
-    found = cls.__dict__.get("__state_aliases__", ())
-    if isinstance(found, str) or not all(isinstance(a, str) for a in found):
-        raise InvalidDefinition(f"{where}: {cls.__name__}.__state_aliases__ must be a tuple of "
-                                "names")
-    return tuple(found)
+def _check_no_clash(where: _Where, source: type, other: AnyHandler | None,
+                    new: AnyHandler) -> None:
+    if other is not None:
+        raise where.error(f"state {source.__name__} has two handlers: {other.name!r} and "
+                          f"{new.name!r}", source)
 
 
-_Indexed = tuple[
-    dict[type, StepHandler[Any]], dict[type, dict[type, StepHandler[Any]]],
-    dict[type, StepHandler[Any]], dict[type, StepHandler[Any]], StepHandler[Any] | None]
+def _check_one_cancel_route(where: _Where, cancel: AnyHandler | None, new: AnyHandler) -> None:
+    if cancel is not None:
+        raise where.error(f"two cancel routes: {cancel.name!r} and {new.name!r}")
 
 
-def _index_handlers(
-    where: str, handlers: list[StepHandler[Any]], localns: dict[str, Any]
-) -> _Indexed:
-    """Resolve every handler's signature and file it by kind, rejecting a second way out."""
-    steps: dict[type, StepHandler[Any]] = {}
-    events: dict[type, dict[type, StepHandler[Any]]] = {}
-    timeouts: dict[type, StepHandler[Any]] = {}
-    children: dict[type, StepHandler[Any]] = {}
-    cancel: StepHandler[Any] | None = None
-    owner: dict[type, StepHandler[Any]] = {}  # the state's first handler, for messages
-
-    for handler in handlers:
-        sources, targets, extra = _signature(where, handler.fn, localns, handler.kind, handler.name,
-                                             any_source=handler.kind == "cancel",
-                                             event=handler.kind == "event")
-        handler.sources, handler.targets = sources, targets
-        handler.source = sources[0]
-        if handler.kind == "event":
-            handler.event = extra
-        for attr, what in (("error_route", "error route"), ("reconcile_route", "reconcile")):
-            route = getattr(handler, attr)
-            if route is None:
-                continue
-            # A union annotation lets one route serve several steps (one compensation entry).
-            r_sources, r_targets, _ = _signature(where, route.fn, localns, what,
-                                                 route.fn.__name__, any_source=True)
-            if handler.source not in r_sources and object not in r_sources:
-                names = " | ".join(getattr(s, "__name__", str(s)) for s in r_sources)
-                raise InvalidDefinition(
-                    f"{where}: {what} {route.fn.__name__!r} handles {names}, but its step "
-                    f"{handler.name!r} handles {handler.source.__name__}")
-            setattr(handler, attr, ErrorRoute(route.fn, r_targets))
-
-        if handler.kind == "cancel":
-            if cancel is not None:
-                raise InvalidDefinition(
-                    f"{where}: two cancel routes: {cancel.name!r} and {handler.name!r}")
-            cancel = handler
-            continue
-        source = handler.source
-        first = owner.get(source)
-
-        def clash(other: StepHandler[Any], source: type = source,
-                  new: StepHandler[Any] = handler) -> InvalidDefinition:
-            return InvalidDefinition(
-                f"{where}: state {source.__name__} has two handlers: {other.name!r} and "
-                f"{new.name!r}")
-
-        if handler.kind == "step":
-            if first is not None:
-                raise clash(first)
-            steps[source] = handler
-        else:
-            if source in steps:
-                raise clash(steps[source])
-            if handler.kind == "event":
-                assert handler.event is not None
-                by_event = events.setdefault(source, {})
-                if handler.event in by_event:
-                    raise clash(by_event[handler.event])
-                by_event[handler.event] = handler
-            elif handler.kind == "timeout":
-                if source in timeouts:
-                    raise clash(timeouts[source])
-                timeouts[source] = handler
-            elif handler.kind == "children":
-                if source in children:
-                    raise clash(children[source])
-                children[source] = handler
-        owner.setdefault(source, handler)
-    return steps, events, timeouts, children, cancel
+def _check_one_route(where: _Where, routes: list[RouteDeclaration[Any]], step: str, kind: str,
+                     source: type) -> None:
+    if len(routes) > 1:
+        what = "error routes" if kind == "error" else "reconcile handlers"
+        raise where.error(f"step {step!r} has two {what}: "
+                          f"{' and '.join(repr(r.fn.__name__) for r in routes)}", source)
 
 
-def _all_targets(handler: StepHandler[Any]) -> tuple[type, ...]:
-    route = handler.error_route.targets if handler.error_route else ()
-    reconcile = handler.reconcile_route.targets if handler.reconcile_route else ()
-    return handler.targets + route + reconcile
+def _check_route_handles(where: _Where, what: str, name: str, sources: Iterable[type],
+                         step: str, source: type) -> None:
+    sources = tuple(sources)
+    if source not in sources and object not in sources:
+        names = " | ".join(getattr(s, "__name__", str(s)) for s in sources)
+        raise where.error(f"{what} {name!r} handles {names}, but its step {step!r} handles "
+                          f"{source.__name__}", source)
 
 
-def _collect(initial: type, terminal: list[type], handlers: list[StepHandler[Any]]) -> list[type]:
-    seen: dict[type, None] = {initial: None}
-    for handler in handlers:
-        seen.update(dict.fromkeys(s for s in handler.sources if s is not object))
-        seen.update(dict.fromkeys(_all_targets(handler)))
-    seen.update(dict.fromkeys(terminal))
-    return list(seen)
-
-
-def _check_state_class(where: str, cls: Any, context: str = "") -> None:
-    if not (isinstance(cls, type) and attrs.has(cls)):
-        prefix = f"{context} " if context else "state "
-        raise InvalidDefinition(f"{where}: {prefix}{cls!r} is not a state class (an attrs class)")
+# -- signatures ----------------------------------------------------------------------------------
 
 
 def _signature(
-    where: str, fn: Callable[..., Any], localns: dict[str, Any], kind: str, name: str,
+    where: _Where, fn: Callable[..., Any], localns: dict[str, Any], kind: str, name: str,
     *, any_source: bool = False, event: bool = False,
 ) -> tuple[tuple[type, ...], tuple[type, ...], type | None]:
     """(states handled, states returned, event class) from a handler's annotations: its first
@@ -252,40 +362,38 @@ def _signature(
     try:
         hints = typing.get_type_hints(fn, localns=localns)
     except NameError as e:
-        raise InvalidDefinition(f"{where}: {kind} {name!r} has an annotation that does not "
-                                f"resolve: {e}") from e
+        raise where.error(f"{kind} {name!r} has an annotation that does not resolve: {e}") from e
     params = list(inspect.signature(fn).parameters.values())[1:]
     if not params or params[0].name not in hints:
-        raise InvalidDefinition(
-            f"{where}: {kind} {name!r} must annotate its first parameter with the state it handles")
+        raise where.error(f"{kind} {name!r} must annotate its first parameter with the state it "
+                          "handles")
     sources = _union_members(hints[params[0].name])
-    if any_source and sources == (object,):
-        pass
-    else:
+    if not (any_source and sources == (object,)):
         if len(sources) > 1 and not any_source:
-            raise InvalidDefinition(f"{where}: {kind} {name!r} must handle exactly one state")
+            raise where.error(f"{kind} {name!r} must handle exactly one state")
         for s in sources:
             _check_state_class(where, s, f"{kind} {name!r} handles")
-    event_cls: type | None = None
-    if event:
-        if len(params) < 2 or params[1].name not in hints:
-            raise InvalidDefinition(
-                f"{where}: event handler {name!r} must annotate its second parameter with the "
-                "event class it handles")
-        event_cls = hints[params[1].name]
-        if not (isinstance(event_cls, type) and attrs.has(event_cls)):
-            raise InvalidDefinition(
-                f"{where}: event handler {name!r} handles {event_cls!r}, which is not an event "
-                "class (an attrs class)")
+    event_cls = _check_event_param(where, name, params, hints) if event else None
     if "return" not in hints:
-        raise InvalidDefinition(
-            f"{where}: {kind} {name!r} has no return annotation; declare the states it may return "
-            "(-> NextState | OtherState)")
+        raise where.error(f"{kind} {name!r} has no return annotation; declare the states it may "
+                          "return (-> NextState | OtherState)")
     targets = tuple(_unwrap_delayed(t) for t in _union_members(hints["return"])
                     if t is not Rerun or kind != "reconcile")
     for t in targets:
         _check_state_class(where, t, f"{kind} {name!r} returns")
     return sources, targets, event_cls
+
+
+def _check_event_param(where: _Where, name: str, params: list[inspect.Parameter],
+                       hints: dict[str, Any]) -> type:
+    if len(params) < 2 or params[1].name not in hints:
+        raise where.error(f"event handler {name!r} must annotate its second parameter with the "
+                          "event class it handles")
+    event_cls = hints[params[1].name]
+    if not (isinstance(event_cls, type) and attrs.has(event_cls)):
+        raise where.error(f"event handler {name!r} handles {event_cls!r}, which is not an event "
+                          "class (an attrs class)")
+    return event_cls
 
 
 def _union_members(annotation: Any) -> tuple[Any, ...]:

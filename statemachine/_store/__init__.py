@@ -18,8 +18,8 @@ The contract (see DESIGN.md section 3):
 from __future__ import annotations
 
 from .._database import default_database_url
+from .._records import Change, ChildStart, ClaimedRow, Committed
 from ._limits import LimitStatements
-from ._rows import Change, ChildStart, ClaimedRow, Committed
 from ._waiting import WaitingStatements
 
 __all__ = ["Change", "ChildStart", "ClaimedRow", "Committed", "Store", "default_database_url"]

@@ -11,11 +11,11 @@ from sqlalchemy import Connection, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from .._records import ClaimedRow
 from .._schema import limit_slots as ls
 from .._schema import limit_windows as lw
 from .._schema import schedules as sch
 from .._schema import workflows as w
-from ._rows import ClaimedRow
 from ._workflows import WorkflowStatements
 
 __all__ = ["LimitStatements"]

@@ -19,10 +19,10 @@ from sqlalchemy import (
 )
 
 from .._clock import utcnow
+from .._records import Change, ClaimedRow
 from .._schema import FINISHED_STATUSES, UTCDateTime, history, workflows
 from .._schema import events as ev
 from ..errors import InvalidOperation, WorkflowNotFound
-from ._rows import Change, ClaimedRow
 from ._workflows import WorkflowStatements
 
 __all__ = ["WaitingStatements"]

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ARRAY,
@@ -32,11 +32,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .._database import is_retryable
+from .._records import Change, ChildStart, ClaimedRow, Committed
 from .._schema import JSONData, UTCDateTime, history, workflows
 from .._schema import events as ev
 from ..errors import StoreError
 from ._base import StoreBase, _headline
-from ._rows import Change, ChildStart, ClaimedRow, Committed
 
 log = logging.getLogger("statemachine.store")
 
@@ -388,7 +388,7 @@ class WorkflowStatements(StoreBase):
             p_id=c.workflow_id, p_version=c.version, p_token=c.lease_token,
             p_expect=list(c.expect_status), p_state=c.to_state, p_data=c.data,
             p_status=c.status, p_last_error=_headline(c.error), p_wake_at=c.wake_at,
-            p_in_doubt=c.in_doubt or None, h_kind=c.kind, h_from=c.from_state,
+            p_in_doubt=c.mark_in_doubt, h_kind=c.kind, h_from=c.from_state,
             h_status=c.status, h_cause=c.cause, h_attempt=c.attempt, h_error=c.error,
             h_worker=c.worker, h_started=c.started_at)
         seconds = c.keep_lease if c.keep_lease is not None else c.wake_after
@@ -428,12 +428,21 @@ class WorkflowStatements(StoreBase):
             (w.c.status.in_(("ready", "waiting")), self.now()), else_=w.c.wake_at)))
 
 
+class _Shape(NamedTuple):
+    """What distinguishes the SQL of one change from another's (the values aside)."""
 
-_Shape = tuple[bool, bool, bool, str, str, bool, bool, bool]
+    has_token: bool
+    expect_status: bool
+    keep_lease: bool
+    wake: str  # "lease", "at", "after" or "none"
+    attempt_rule: str  # "reset", "uncount" or "keep"
+    new_state: bool
+    clear_cancel: bool
+    doubt: bool  # the statement sets in_doubt (to a mark, or NULL to clear it)
 
 
 def _shape(c: Change) -> _Shape:
-    """What distinguishes the SQL of one change from another's (the values aside)."""
+    """The shape of `c`'s statement."""
     if c.keep_lease is not None:
         wake = "lease"
     else:
@@ -442,6 +451,8 @@ def _shape(c: Change) -> _Shape:
         attempt_rule = "reset"
     else:
         attempt_rule = "uncount" if c.uncount_attempt else "keep"
-    doubt = c.in_doubt is not None or c.new_state
-    return (c.lease_token is not None, bool(c.expect_status), c.keep_lease is not None, wake,
-            attempt_rule, c.new_state, c.clear_cancel, doubt)
+    return _Shape(
+        has_token=c.lease_token is not None, expect_status=bool(c.expect_status),
+        keep_lease=c.keep_lease is not None, wake=wake, attempt_rule=attempt_rule,
+        new_state=c.new_state, clear_cancel=c.clear_cancel,
+        doubt=c.mark_in_doubt is not None or c.clear_in_doubt or c.new_state)

@@ -604,19 +604,25 @@ def test_error_route_target_must_be_a_state() -> None:
 
 
 def test_two_error_routes_for_one_step() -> None:
-    def first(self: Any, state: Start, failure: Failure, ctx: Context) -> Done:
-        return Done()
+    with pytest.raises(InvalidDefinition, match="'begin' has two error routes") as info:
+        class TwoRoutes(Machine):
+            initial = Start
+            terminal = (Done,)
 
-    def second(self: Any, state: Start, failure: Failure, ctx: Context) -> Done:
-        return Done()
+            @step
+            def begin(self, state: Start, ctx: Context) -> Done:
+                return Done()
 
-    @step
-    def begin(self: Any, state: Start, ctx: Context) -> Done:
-        return Done()
+            @begin.on_error
+            def first(self, state: Start, failure: Failure, ctx: Context) -> Done:
+                return Done()
 
-    begin.on_error(first)
-    with pytest.raises(InvalidDefinition, match="'begin' has two error routes"):
-        begin.on_error(second)
+            @begin.on_error
+            def second(self, state: Start, failure: Failure, ctx: Context) -> Done:
+                return Done()
+
+    message(info, "machine TwoRoutes", "'first'", "'second'")
+    assert (info.value.machine, info.value.state) == ("TwoRoutes", "Start")
 
 
 # --- retry policies -----------------------------------------------------------------------------
