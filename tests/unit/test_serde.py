@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from machines.order import Charged, Confirmed, Order, OrderPlaced, PaymentFailed, Shipped
-from statemachine import Context, DataError, Machine, UnknownMachine, step
+from statemachine import Context, DataError, Machine, step
 from statemachine._serde import StateCodec, make_state_converter
+from statemachine.errors import UnknownState
 
 CODEC = StateCodec(Order.spec)
 WORKFLOW = "0b6f1c2e-7f0a-4d7e-9a53-2f1f3c4d5e6f"
@@ -101,7 +102,7 @@ def test_renamed_state_is_stored_and_loaded_under_its_explicit_name() -> None:
     codec = StateCodec(RenameCodec.spec)
     assert codec.dump(Finished(3)) == ("Completed", {"n": 3})
     assert codec.load("Completed", {"n": 3}) == Finished(3)
-    with pytest.raises(UnknownMachine, match="'Finished'"):
+    with pytest.raises(UnknownState, match="'Finished'"):
         codec.load("Finished", {"n": 3})
 
 
@@ -179,7 +180,7 @@ def test_aware_iso_string_loads() -> None:
 
 
 def test_unknown_state_name() -> None:
-    with pytest.raises(UnknownMachine) as info:
+    with pytest.raises(UnknownState) as info:
         CODEC.load("Refunded", {"order_id": "o1"}, workflow=WORKFLOW)
     text = str(info.value)
     assert WORKFLOW in text
