@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._clock import Clock
-from ._records import ClaimedRow
-from .errors import InvalidOperation
+from ._records import ChildStart, ClaimedRow
+from ._serde import Codecs
+from .errors import InvalidArgument, InvalidOperation
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-__all__ = ["Context", "Services", "context_for"]
+__all__ = ["Context", "Services", "child_starter", "context_for"]
 
 
 @attrs.define(slots=True)
@@ -104,3 +105,23 @@ def context_for(row: ClaimedRow, services: Services) -> Context:
                                   {"workflow_id": str(row.id), "state": row.state}),
         clock=services.clock, extend=services.extend, start_child=services.start_child,
         cancel_check=services.cancel_check, connection=services.connection)
+
+
+def child_starter(codecs: Codecs, row: ClaimedRow,
+                  children: list[ChildStart]) -> Callable[[Any, object, str | None], uuid.UUID]:
+    """What ``ctx.start_child`` calls: checks and encodes the child's first state (`DataError`
+    for a field of the wrong type) and collects it into `children`, committed with the
+    transition."""
+
+    def start_child(machine: Any, state: object, key: str | None) -> uuid.UUID:
+        spec = machine.spec
+        if type(state) is not spec.initial:
+            raise InvalidArgument(f"machine {spec.name} starts in {spec.initial.__name__}, "
+                                  f"not {type(state).__name__}", workflow_id=row.id,
+                                  state=row.state)
+        name, data = codecs.of(spec).dump(state)
+        child = ChildStart(id=uuid.uuid4(), machine=spec.name, state=name, data=data, key=key)
+        children.append(child)
+        return child.id
+
+    return start_child

@@ -25,40 +25,43 @@ from __future__ import annotations
 
 import logging
 import traceback as tb
-import uuid
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import attrs
 
+from ._actions import (
+    Action,
+    Attempt,
+    Call,
+    ChildrenResults,
+    Commit,
+    CountChildren,
+    Dump,
+    EnteredAt,
+    EventSeen,
+    Flow,
+    Outcome,
+    PendingEvents,
+    Question,
+    Raised,
+    RecordExternalChange,
+    RejectEvent,
+    ReleaseChildren,
+    RunErrorRoute,
+    RunHandler,
+    Settle,
+    Stop,
+)
 from ._declarations import ChildResult, Delayed, Failure, Rerun, state_name
 from ._limits import RetryAfter
 from ._records import FINISHED, Change, ChildCounts, ChildStart, ClaimedRow, Committed
-from ._spec import Handler, MachineSpec
+from ._spec import Handler
 from .errors import DataError, StoreError
 
 __all__ = [
     "MAX_TRACEBACK",
-    "Action",
-    "Attempt",
-    "Call",
-    "ChildrenResults",
-    "Commit",
-    "CountChildren",
-    "EnteredAt",
-    "EventSeen",
-    "PendingEvents",
-    "Question",
-    "Raised",
-    "RecordExternalChange",
-    "RejectEvent",
-    "ReleaseChildren",
-    "Returned",
-    "RunErrorRoute",
-    "RunHandler",
-    "Settle",
-    "Stop",
     "after_error_route",
     "after_handler",
     "after_refusal",
@@ -66,7 +69,6 @@ __all__ = [
     "continue_with",
     "decide",
     "describe_failure",
-    "drive",
     "failure_text",
     "refused_for_good",
     "unexpected_state_error",
@@ -75,193 +77,6 @@ __all__ = [
 log = logging.getLogger("statemachine.worker")
 
 MAX_TRACEBACK = 4000
-
-
-# -- what the decision is given --------------------------------------------------------------------
-
-
-@attrs.frozen
-class Attempt:
-    """One claimed row and what is known about it before deciding."""
-
-    row: ClaimedRow
-    spec: MachineSpec
-    # The row's state object, or why it did not load (`state` is then None).
-    state: object | None
-    load_error: str | None
-    now: datetime
-    worker: str
-    lease: float
-
-
-# -- questions (yielded by `decide`; the answer is sent back) ------------------------------------
-
-
-@attrs.frozen
-class RecordExternalChange:
-    """Write the external-change history row of `row`; answer True, or False if the lease is
-    gone."""
-
-    row: ClaimedRow
-
-
-@attrs.frozen
-class PendingEvents:
-    """Answer the workflow's pending events, oldest first, as `EventSeen`s."""
-
-
-@attrs.frozen
-class EventSeen:
-    """A pending event, decoded by the answerer: `event` is the event object, or `error` says why
-    it does not load (None for both when its type is not one of the machine's events)."""
-
-    id: uuid.UUID
-    type: str
-    created_at: datetime
-    event: object | None = None
-    error: str | None = None
-
-
-@attrs.frozen
-class RejectEvent:
-    """Mark an event rejected, with why (answer None)."""
-
-    event_id: uuid.UUID
-    reason: str
-
-
-@attrs.frozen
-class EnteredAt:
-    """Answer when the workflow reached `version` (None if unknown)."""
-
-    version: int
-
-
-@attrs.frozen
-class ReleaseChildren:
-    """Let queued children go while fewer than `up_to` run (None: all of them); answer None."""
-
-    up_to: int | None
-
-
-@attrs.frozen
-class CountChildren:
-    """Answer the workflow's `ChildCounts`."""
-
-
-@attrs.frozen
-class ChildrenResults:
-    """Answer the workflow's children as `ChildResult`s, in the order they were started."""
-
-
-Question = (RecordExternalChange | PendingEvents | RejectEvent | EnteredAt | ReleaseChildren
-            | CountChildren | ChildrenResults)
-
-
-# -- actions (what the runner carries out) ---------------------------------------------------------
-
-
-@attrs.frozen
-class Call:
-    """How a handler's result is committed: its history kind, cause and side effects."""
-
-    kind: Literal["transition", "reconciled", "cancel"] = "transition"
-    cause: str | None = None
-    consume_event: uuid.UUID | None = None
-    clear_cancel: bool = False
-    cancel_children: str | None = None
-
-
-@attrs.frozen
-class RunHandler:
-    """Run `handler(state, *args, ctx)` (under its limit) and hand its outcome to
-    `after_handler`. For a reconcile handler, `step` is the step it reconciles."""
-
-    row: ClaimedRow
-    handler: Handler[Any]
-    args: tuple[object, ...] = ()
-    call: Call = Call()
-    step: Handler[Any] | None = None
-
-
-@attrs.frozen
-class RunErrorRoute:
-    """The step failed for good: run its error route with `failure`, then `after_error_route`."""
-
-    row: ClaimedRow
-    handler: Handler[Any]
-    failure: Failure
-
-
-@attrs.frozen
-class Commit:
-    """Commit `change`. `what` says which rule chose it (for logs and tests)."""
-
-    row: ClaimedRow
-    change: Change
-    what: Literal["transition", "finish", "park", "in_doubt", "cancel", "retry", "rerun"]
-
-
-@attrs.frozen
-class Settle:
-    """Nothing to do yet: sleep in the waiting state until `deadline`, an event in `accepts`, or
-    the children of `children` (the runner re-checks for news under the row's lock)."""
-
-    row: ClaimedRow
-    deadline: datetime | None
-    accepts: tuple[str, ...]
-    children: Handler[Any] | None
-
-
-@attrs.frozen
-class Stop:
-    """Nothing more to do with this row (its lease is gone)."""
-
-    row: ClaimedRow
-    reason: str
-
-
-Action = RunHandler | RunErrorRoute | Commit | Settle | Stop
-Flow = Generator[Question, Any, Action]
-
-
-def drive(flow: Flow, answer: Callable[[Question], Any]) -> Action:
-    """Run a decision to its action, answering each question it asks with `answer`."""
-    reply: Any = None
-    while True:
-        try:
-            question = flow.send(reply)
-        except StopIteration as done:
-            action: Action = done.value
-            return action
-        reply = answer(question)
-
-
-# -- outcomes of a handler -------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Returned:
-    """The handler returned `value`; `children` are those it started with ``ctx.start_child``."""
-
-    value: object
-    children: tuple[ChildStart, ...] = ()
-
-
-@attrs.frozen
-class Raised:
-    """The handler raised `error`."""
-
-    error: BaseException
-
-
-Outcome = Returned | Raised
-
-
-class Dump(Protocol):
-    """A machine's state encoder (`StateCodec.dump`): (stored name, data), or `DataError`."""
-
-    def __call__(self, state: object, /) -> tuple[str, dict[str, Any]]: ...
 
 
 # -- decide ----------------------------------------------------------------------------------------

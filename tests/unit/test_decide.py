@@ -41,8 +41,7 @@ from statemachine import (
     rerun,
     step,
 )
-from statemachine._decide import (
-    MAX_TRACEBACK,
+from statemachine._actions import (
     Action,
     Attempt,
     ChildrenResults,
@@ -61,6 +60,10 @@ from statemachine._decide import (
     RunHandler,
     Settle,
     Stop,
+    drive,
+)
+from statemachine._decide import (
+    MAX_TRACEBACK,
     after_error_route,
     after_handler,
     after_refusal,
@@ -68,7 +71,6 @@ from statemachine._decide import (
     continue_with,
     decide,
     describe_failure,
-    drive,
     refused_for_good,
     unexpected_state_error,
 )
