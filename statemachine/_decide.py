@@ -328,7 +328,10 @@ def _after_error(a: Attempt, handler: Handler[Any], error: BaseException) -> Act
         return _commit(a, "retry", Change.rescheduled(
             row, after=error.seconds, error=f"{type(error).__name__}: {error}", worker=a.worker,
             started_at=a.now))
-    failure = describe_failure(error, row.attempt, handler.retry.is_permanent(error))
+    # A DataError (a state with a mistyped field given to ctx.start_child, say) is a mistake in
+    # the code: running it again would make the same one.
+    permanent = handler.retry.is_permanent(error) or isinstance(error, DataError)
+    failure = describe_failure(error, row.attempt, permanent)
     if handler.at_most_once and not failure.permanent:
         # It may have taken effect before failing: never re-run it blindly.
         return _mark_in_doubt(a, handler, f"attempt {row.attempt} of {handler.name} raised "

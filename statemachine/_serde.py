@@ -18,10 +18,12 @@ the rows written before fail to load.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+import attrs
 import cattrs
 from cattrs.preconf.json import make_converter
 
@@ -99,11 +101,35 @@ class StateCodec:
         name = state_name(cls)
         if self.spec.states.get(name) is not cls:
             raise DataError(f"{cls.__name__} is not a state of machine {self.spec.name}")
-        data = self.converter.unstructure(state)
+        where = f"machine {self.spec.name}, state {name}"
+        data = self._unstructure(state, where)
         if not isinstance(data, dict):
             raise DataError(f"state {name} did not serialize to an object")
-        self._check(cls, data, f"machine {self.spec.name}, state {name}")
+        self._check(cls, data, where)
         return name, data
+
+    def _unstructure(self, value: object, where: str) -> Any:
+        """The JSON-ready form of a state or event; `DataError` naming the field that has no
+        JSON form for its declared type (a string in a datetime field, a naive datetime)."""
+        try:
+            return self.converter.unstructure(value)
+        except Exception as e:
+            cls: Any = type(value)
+            # String annotations to types, as cattrs does (unresolvable: reported as written).
+            with contextlib.suppress(Exception):
+                attrs.resolve_types(cls)
+            for field in attrs.fields(cls):
+                item = getattr(value, field.name)
+                try:
+                    self.converter.unstructure(item, unstructure_as=field.type)
+                except Exception as inner:
+                    expected = getattr(field.type, "__name__", str(field.type))
+                    what = (str(inner) if isinstance(inner, DataError)
+                            else f"expected {expected}, got {item!r}")
+                    raise DataError(f"{where}: {what} @ data.{field.name}",
+                                    state=state_name(cls)) from e
+            raise DataError(f"{where}: does not serialize: {type(e).__name__}: {e}",
+                            state=state_name(cls)) from e
 
     def _check(self, cls: type, data: dict[str, Any], where: str) -> None:
         """Raise `DataError` unless `data` (the unstructured `state`) would load again: structuring
@@ -130,9 +156,10 @@ class StateCodec:
             known = ", ".join(sorted(self.spec.event_types)) or "none"
             raise DataError(f"machine {self.spec.name} accepts no event {cls.__name__} "
                             f"(its events: {known})")
-        data = self.converter.unstructure(event)
+        where = f"machine {self.spec.name}, event {name}"
+        data = self._unstructure(event, where)
         # attrs does not check field types; the stored form must load
-        self._check(cls, data, f"machine {self.spec.name}, event {name}")
+        self._check(cls, data, where)
         return name, data
 
     def load_event(self, name: str, data: Any, *, workflow: object = None,

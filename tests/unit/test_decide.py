@@ -960,3 +960,10 @@ def test_describe_failure_bounds_a_huge_message() -> None:
     failure = describe_failure(raised(ValueError("y" * 50_000)), 1, permanent=False)
     assert len(failure.traceback) <= MAX_TRACEBACK + len("...\n")
     assert failure.message == "y" * 50_000  # the message itself is the handler's; kept whole
+
+
+def test_a_data_error_raised_by_a_handler_is_not_retried() -> None:
+    # What ctx.start_child raises for a child state with a mistyped field.
+    action = outcome_of(DataError("machine m, state S: expected int, got 'x' @ data.n"))
+    assert isinstance(action, RunErrorRoute)
+    assert action.failure.permanent

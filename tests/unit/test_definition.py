@@ -6,6 +6,9 @@ resolved with the module's globals plus the classes named in `initial`, `termina
 """
 
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
@@ -28,6 +31,10 @@ from statemachine import (
     Machine,
     PermanentError,
     RetryPolicy,
+    on_cancel,
+    on_children,
+    on_event,
+    on_timeout,
     state_name,
     step,
 )
@@ -736,3 +743,130 @@ class OvChild(OvBase):
 def test_a_subclass_overrides_a_handler_by_redefining_it() -> None:
     assert [h.fn.__qualname__ for h in OvChild.spec.handlers()] == ["OvChild.go"]
     assert OvChild.spec.steps[OvStart].fn(OvChild(), OvStart(2), None) == OvDone(20)
+
+
+# -- declarations are frozen; every machine gets its own spec -----------------------------------
+
+
+def _finish_class() -> type:
+    @attrs.frozen
+    class Finish:
+        pass
+
+    return Finish
+
+
+FinishA, FinishB = _finish_class(), _finish_class()
+
+
+class SharedSteps(Machine, abstract=True):
+    initial = Start
+
+    @step(retry=RetryPolicy(max_attempts=7))
+    def begin(self, state: Start, ctx: Context) -> "Finish":  # noqa: F821 (resolved per machine)
+        raise NotImplementedError
+
+
+class EndsInA(SharedSteps):
+    terminal = (FinishA,)
+
+
+class EndsInB(SharedSteps):
+    terminal = (FinishB,)
+
+
+def test_each_decorator_returns_a_frozen_declaration_of_its_own_kind() -> None:
+    def handler(self: Any, state: Start, ctx: Context) -> Done:
+        return Done()
+
+    made = {
+        "step": step(handler), "event": on_event(handler), "timeout": on_timeout(after=1)(handler),
+        "children": on_children()(handler), "cancel": on_cancel(handler)}
+    assert {kind: type(d).kind for kind, d in made.items()} == {k: k for k in made}
+    assert len({type(d) for d in made.values()}) == 5
+    for declaration in made.values():
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            declaration.fn = handler  # type: ignore[misc]
+
+
+def test_two_machines_inheriting_one_base_resolve_it_each_for_itself() -> None:
+    # One declaration, two machines whose annotation "Finish" names different classes: each
+    # spec has its own handler, and building the second did not change the first.
+    a, b = EndsInA.spec.steps[Start], EndsInB.spec.steps[Start]
+    assert a is not b
+    assert (a.targets, b.targets) == ((FinishA,), (FinishB,))
+    assert a.declaration is b.declaration is vars(SharedSteps)["begin"]
+    assert a.retry == b.retry == RetryPolicy(max_attempts=7)
+
+
+def test_building_a_spec_mutates_no_declaration() -> None:
+    declaration = vars(SharedSteps)["begin"]
+    before = attrs.asdict(declaration, recurse=False)
+
+    finish_c = _finish_class()
+
+    class EndsInC(SharedSteps):
+        terminal = (finish_c,)
+
+    assert attrs.asdict(declaration, recurse=False) == before
+    assert EndsInC.spec.steps[Start].targets == (finish_c,)
+    assert EndsInA.spec.steps[Start].targets == (FinishA,)
+
+
+def test_an_error_route_stacked_on_two_steps_serves_both() -> None:
+    class TwoSteps(Machine):
+        initial = Start
+        terminal = (Done, Cancelled)
+
+        @step
+        def begin(self, state: Start, ctx: Context) -> Middle:
+            return Middle()
+
+        @step
+        def finish(self, state: Middle, ctx: Context) -> Done:
+            return Done()
+
+        @begin.on_error
+        @finish.on_error
+        def give_up(self, state: Start | Middle, failure: Failure, ctx: Context) -> Cancelled:
+            return Cancelled()
+
+    routes = {s.__name__: h.error_route for s, h in TwoSteps.spec.steps.items()}
+    assert {name: r.name for name, r in routes.items() if r} == {"Start": "give_up",
+                                                                  "Middle": "give_up"}
+    # On an instance the route is still the plain method.
+    assert TwoSteps().give_up(Start(), Failure("X", "y", 1), None) == Cancelled()  # type: ignore[arg-type]
+
+
+def test_reconcile_needs_an_at_most_once_step() -> None:
+    @step
+    def begin(self: Any, state: Start, ctx: Context) -> Done:
+        return Done()
+
+    with pytest.raises(InvalidDefinition, match="reconcile needs @step"):
+        begin.reconcile(lambda self, state, ctx: Done())
+
+
+def test_a_definition_error_carries_the_machine_and_the_state() -> None:
+    with pytest.raises(InvalidDefinition) as info:
+        class DeadEnd(Machine):
+            initial = Start
+            terminal = (Done,)
+
+            @step
+            def begin(self, state: Start, ctx: Context) -> Middle | Done:
+                return Done()
+
+    assert (info.value.machine, info.value.state) == ("DeadEnd", "Middle")
+
+
+@pytest.mark.parametrize("first", ["_definition", "_validation", "_declarations", "_spec"])
+def test_definition_modules_import_in_any_order(first: str) -> None:
+    # Under a bare package (the real __init__ imports everything in its own order).
+    root = Path(__file__).resolve().parents[2] / "statemachine"
+    code = ("import sys, types\n"
+            f"pkg = types.ModuleType('statemachine'); pkg.__path__ = [{str(root)!r}]\n"
+            "sys.modules['statemachine'] = pkg\n"
+            f"import statemachine.{first}\n"
+            "import statemachine._definition\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -232,3 +232,63 @@ def test_converter_is_per_machine_not_global() -> None:
     assert cattrs.structure("10", int) == 10
     with pytest.raises(cattrs.BaseValidationError):
         make_state_converter().structure({"order_id": "o1", "amount_cents": "10"}, OrderPlaced)
+
+
+# --- checked on the way in ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("state", "field", "expected"), [
+    (OrderPlaced(order_id="o1", amount_cents="not-an-int"), "amount_cents", "expected int"),  # type: ignore[arg-type]
+    (OrderPlaced(order_id="o1", amount_cents=True), "amount_cents", "expected int"),
+    (Charged(order_id=7, charge_id="c"), "order_id", "expected str"),  # type: ignore[arg-type]
+    (Shipped(order_id="o1", tracking="T", shipped_at="yesterday"), "shipped_at",  # type: ignore[arg-type]
+     "expected datetime, got 'yesterday'"),
+], ids=["str-for-int", "bool-for-int", "int-for-str", "str-for-datetime"])
+def test_dumping_a_state_with_a_mistyped_field_names_machine_state_and_field(
+        state: object, field: str, expected: str) -> None:
+    with pytest.raises(DataError) as info:
+        CODEC.dump(state)
+    text = str(info.value)
+    for part in ("machine order", f"state {type(state).__name__}", f"@ data.{field}", expected):
+        assert part in text, f"{part!r} not in {text!r}"
+
+
+def test_dumping_a_well_typed_state_passes_the_check() -> None:
+    # int for a float field is fine (JSON has one number type), as it is on load.
+    @attrs.frozen
+    class Priced:
+        price: float
+        tags: list[str]
+        note: str | None = None
+
+    @attrs.frozen
+    class Sold:
+        pass
+
+    class Shop(Machine):
+        initial = Priced
+        terminal = (Sold,)
+
+        @step
+        def sell(self, state: Priced, ctx: Context) -> Sold:
+            return Sold()
+
+    codec = StateCodec(Shop.spec)
+    assert codec.dump(Priced(3, ["a"])) == ("Priced", {"price": 3, "tags": ["a"], "note": None})
+    with pytest.raises(DataError, match=r"@ data\.tags\[1\]"):
+        codec.dump(Priced(3.5, ["a", 2]))  # type: ignore[list-item]
+
+
+def test_data_given_by_a_caller_may_not_carry_unknown_fields() -> None:
+    with pytest.raises(DataError, match="Extra fields in constructor for OrderPlaced: colour"):
+        CODEC.load("OrderPlaced", {"order_id": "o1", "amount_cents": 5, "colour": "red"})
+
+
+def test_a_stored_row_may_carry_a_field_its_class_no_longer_has() -> None:
+    # A field removed from a class must not make the rows written before fail to load.
+    loaded = CODEC.load("OrderPlaced", {"order_id": "o1", "amount_cents": 5, "colour": "red"},
+                        workflow=WORKFLOW)
+    assert loaded == OrderPlaced(order_id="o1", amount_cents=5)
+    with pytest.raises(DataError, match="Extra fields"):
+        CODEC.load("OrderPlaced", {"order_id": "o1", "amount_cents": 5, "colour": "red"},
+                   workflow=WORKFLOW, stored=False)
