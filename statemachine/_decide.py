@@ -188,7 +188,7 @@ def _reconcile(a: Attempt, step: Handler[Any]) -> Action:
     if route is None:
         return _park(a, a.row, f"in doubt: {a.row.in_doubt}")
     reconciler: Handler[Any] = Handler(
-        kind="step", name=route.name, fn=route.fn, sources=step.sources, targets=route.targets,
+        kind=step.kind, name=route.name, fn=route.fn, sources=step.sources, targets=route.targets,
         retry=step.retry, declaration=step.declaration)
     return RunHandler(a.row, reconciler, (), Call(kind="reconciled",
                                                   cause=f"reconcile: {a.row.in_doubt}"), step)
