@@ -32,6 +32,9 @@ class ClaimedRow:
     cancel_requested: str | None = None
     # An at-most-once attempt that started and never finished (reconcile before anything else).
     in_doubt: str | None = None
+    # A stored value that does not decode (written by hand), e.g. "column data: not valid JSON:
+    # ..."; `data` is None then. The engine parks the row with this as the reason.
+    data_error: str | None = None
 
 
 @attrs.frozen
@@ -60,7 +63,7 @@ class Change:
     """One engine-made change to a workflow row plus the history row that records it.
 
     The update only happens if the row still has `version` (and `lease_token`, and one of
-    `expect_status`, when given); `Store.apply` returns the new version, or None if it did not.
+    `expect_status`, when given); `store.sql.commit` returns what it wrote, or None if it did not.
     """
 
     workflow_id: uuid.UUID
