@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import NullPool
 
-from .errors import InvalidArgument, StoreError
+from .errors import InvalidArgument
 
 __all__ = ["DEFAULT_POOL_RECYCLE", "DEFAULT_URL", "RECYCLE_JITTER", "default_database_url",
            "make_engine"]
@@ -43,8 +43,8 @@ def make_engine(url: str, isolation_level: str | None, pool_size: int, *,
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
-            raise StoreError("statemachine needs a SQLite file (sqlite:///path.db); in-memory "
-                             "databases cannot be shared by a worker's threads")
+            raise InvalidArgument("statemachine needs a SQLite file (sqlite:///path.db); "
+                                  "in-memory databases cannot be shared by a worker's threads")
         engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30},
                                poolclass=NullPool if pool_size == 0 else None)
         _configure_sqlite(engine)

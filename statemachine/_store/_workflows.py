@@ -337,7 +337,10 @@ class WorkflowStatements(StatementGroup):
                 .values(status="consumed", consumed_at=self.now(), consumed_version=version)
                 .returning(ev.c.id)).first()
             if consumed is None:
-                raise StoreError(f"event {c.consume_event} was consumed twice")  # rolls back
+                # Rolls back. Another transaction won the race for the event: a conflict, as a
+                # serialization failure is (the workflow runs again; nothing is parked for it).
+                raise StoreError(f"event {c.consume_event} was consumed twice", sqlstate="40001",
+                                 workflow_id=c.workflow_id, state=c.from_state)
         if c.children:
             self._insert_children(conn, c.workflow_id, c.children)
         if c.wake_parent is not None:
