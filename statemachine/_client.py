@@ -254,11 +254,11 @@ class Client:
             to_state=name, data=data, status="done" if terminal else "ready", attempt=0,
             wake_after=None if terminal else 0.0, cause=reason, new_state=True,
             wake_parent=info.parent_id if terminal else None)
-        version = self.store.sql.apply(change)
-        if version is None:
+        done = self.store.sql.commit(change)
+        if done is None:
             raise InvalidOperation(f"workflow {info.id} changed while forcing it; try again")
         self.store.sql.notify()
-        return version
+        return done.version
 
     def _change(self, workflow_id: WorkflowId, allowed: tuple[str, ...], kind: HistoryKind,
                 status: Status, *, wake_after: float | None, cause: str) -> int:
@@ -268,14 +268,14 @@ class Client:
                 raise InvalidOperation(
                     f"cannot {kind} workflow {info.id}: it is {info.status} "
                     f"(only {', '.join(allowed)} workflows can be)")
-            version = self.store.sql.apply(Change(
+            done = self.store.sql.commit(Change(
                 workflow_id=info.id, version=info.version, expect_status=allowed, kind=kind,
                 from_state=info.state_name, to_state=info.state_name, data=info.data,
                 status=status, attempt=info.attempt, wake_after=wake_after, new_state=False,
                 reset_attempts=True, cause=cause, clear_in_doubt=kind == "retry"))
-            if version is not None:
+            if done is not None:
                 self.store.sql.notify()
-                return version
+                return done.version
         raise StateMachineError(f"workflow {info.id} kept changing; {kind} not applied")
 
     def _info(self, row: Any) -> WorkflowInfo:

@@ -3,24 +3,42 @@
 Migrations are plain SQL files, one folder per dialect family (`postgresql/` also serves
 CockroachDB). They ship inside the wheel as `statemachine/migrations`; in a source checkout they are
 read from the top-level `migrations/` folder.
+
+Safe to run from every process at once, and again after an interruption at any point:
+
+* every statement is idempotent (``CREATE ... IF NOT EXISTS``, ``ADD COLUMN IF NOT EXISTS``;
+  SQLite has no ``ADD COLUMN IF NOT EXISTS``, so there the column is looked up first);
+* each DDL statement runs in a transaction of its own, never mixed with DML (CockroachDB does not
+  run DDL atomically with other statements);
+* two processes creating the same object at the same moment can make PostgreSQL report a
+  duplicate (``IF NOT EXISTS`` checks before it takes its lock): the statement is run again,
+  and then finds the object;
+* the version row is recorded last, with ``ON CONFLICT DO NOTHING``: whoever records it first
+  wins, nobody fails.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
+import time
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.schema import CreateTable
 
 from ._schema import migrations_table
 from .errors import StoreError
 
 if TYPE_CHECKING:
-    from ._store._base import StoreBase as Store
+    from ._store import Store
 
-__all__ = ["apply_migrations", "migration_files", "migrations_dir"]
+__all__ = ["apply_migrations", "migration_files", "migration_statements", "migrations_dir"]
 
 _VERSION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -47,35 +65,65 @@ def migration_files(dialect: str) -> list[tuple[str, Path]]:
     return files
 
 
-def _statements(sql: str) -> list[str]:
+def migration_statements(sql: str) -> list[str]:
+    """The statements of a migration file, in order."""
     # Our migration files keep to one statement per ';'-terminated chunk and no ';' in literals.
     lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
+# What a concurrent migrator creating the same object can make a statement fail with:
+# unique_violation (PostgreSQL's catalog), duplicate_table, duplicate_object, duplicate_column.
+_DUPLICATE_SQLSTATES = frozenset({"23505", "42P07", "42710", "42701"})
+_ADD_COLUMN = re.compile(r"^ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(?!IF\s)(\w+)", re.I)
+
+
 def apply_migrations(store: Store) -> list[str]:
-    """Apply every migration not yet recorded; returns the versions applied now."""
-    migrations_table.create(store.engine, checkfirst=True)
-
-    def applied(conn: Connection) -> set[str]:
-        return set(conn.execute(select(migrations_table.c.version)).scalars())
-
-    done = store.transaction(applied)
-    new: list[str] = []
+    """Apply every migration not yet recorded; returns the versions this call recorded."""
+    _run_ddl(store, str(CreateTable(migrations_table, if_not_exists=True)
+                        .compile(dialect=store.engine.dialect)))
+    done = store.transaction(
+        lambda conn: set(conn.execute(select(migrations_table.c.version)).scalars()))
+    recorded: list[str] = []
     for version, path in migration_files(store.dialect):
         if version in done:
             continue
+        for statement in migration_statements(path.read_text()):
+            _run_ddl(store, statement)
+        if store.transaction(partial(_record, store, version)):
+            recorded.append(version)
+    return recorded
 
-        def run(conn: Connection, version: str = version, path: Path = path) -> bool:
-            # Re-check inside the transaction: another process may be migrating at the same time.
-            if version in applied(conn):
-                return False
-            for statement in _statements(path.read_text()):
-                conn.execute(text(statement))
-            conn.execute(insert(migrations_table).values(version=version,
-                                                         applied_at=store.clock.now()))
-            return True
 
-        if store.transaction(run):
-            new.append(version)
-    return new
+def _record(store: Store, version: str, conn: Connection) -> bool:
+    upsert = sqlite_insert if store.is_sqlite else pg_insert
+    inserted = conn.execute(
+        upsert(migrations_table).values(version=version, applied_at=store.clock.now())
+        .on_conflict_do_nothing(index_elements=[migrations_table.c.version])
+        .returning(migrations_table.c.version)).first()
+    return inserted is not None
+
+
+def _run_ddl(store: Store, statement: str) -> None:
+    """One DDL statement in a transaction of its own, made idempotent where the dialect cannot
+    say so itself, and run again when a concurrent migrator created the same object."""
+    add_column = _ADD_COLUMN.match(statement) if store.is_sqlite else None
+
+    def run(conn: Connection) -> None:
+        if add_column is not None:
+            table, column = add_column.groups()
+            if column in {c["name"] for c in inspect(conn).get_columns(table)}:
+                return
+        conn.execute(text(statement))
+
+    for tries in itertools.count(1):
+        try:
+            store.transaction(run)
+            return
+        except StoreError as e:
+            duplicate = e.sqlstate in _DUPLICATE_SQLSTATES or (
+                store.is_sqlite and re.search(r"already exists|duplicate column", str(e)))
+            if not duplicate or tries >= 5:
+                raise StoreError(f"migration statement failed: {e}\n{statement}",
+                                 sqlstate=e.sqlstate) from e
+            time.sleep(0.05 * tries)

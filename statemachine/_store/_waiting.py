@@ -9,20 +9,24 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Text,
     and_,
     case,
     func,
-    insert,
     literal,
     select,
+    type_coerce,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .._clock import utcnow
 from .._records import Change, ClaimedRow
 from .._schema import FINISHED_STATUSES, UTCDateTime, history, workflows
 from .._schema import events as ev
 from ..errors import InvalidOperation, WorkflowNotFound
+from ._decode import StoredRow, stored_rows
 from ._workflows import WorkflowStatements
 
 __all__ = ["WaitingStatements"]
@@ -71,22 +75,26 @@ class WaitingStatements(WorkflowStatements):
 
         return self.transaction(run)
 
-    def pending_events(self, workflow_id: uuid.UUID) -> list[Any]:
-        """The workflow's pending events, oldest first."""
-        stmt = (select(ev.c.id, ev.c.type, ev.c.data, ev.c.created_at)
+    def pending_events(self, workflow_id: uuid.UUID) -> list[StoredRow]:
+        """The workflow's pending events, oldest first. On SQLite an event whose data is not
+        JSON comes back with its raw text and a `data_error` (to be rejected, not fatal)."""
+        data = type_coerce(ev.c.data, Text()).label("data") if self.is_sqlite else ev.c.data
+        stmt = (select(ev.c.id, ev.c.type, data, ev.c.created_at)
                 .where(ev.c.workflow_id == workflow_id, ev.c.status == "pending")
                 .order_by(ev.c.created_at, ev.c.id))
-        return self._single(lambda c: list(c.execute(stmt)))
+        is_sqlite = self.is_sqlite
+        return self._single(lambda c: list(stored_rows(c.execute(stmt), ev, is_sqlite)))
 
     def reject_event(self, event_id: uuid.UUID, reason: str) -> None:
         """Mark an event that does not fit its class (inserted by SQL) as rejected, with why."""
         stmt = update(ev).where(ev.c.id == event_id, ev.c.status == "pending").values(
-            status="rejected", error=reason, consumed_at=self.now(), noticed=True)
+            status="rejected", error=self._redact(reason), consumed_at=self.now(), noticed=True)
         self._single(lambda c: c.execute(stmt))
 
     def insert_event(self, workflow_id: uuid.UUID, type_name: str, data: Any) -> uuid.UUID:
         """Queue an event for a workflow and wake it if it waits. Raises `InvalidOperation`
-        when the workflow does not exist or has finished."""
+        when the workflow does not exist or has finished. The event's id is made here, so the
+        send repeated after a lost connection does not queue it twice."""
         event_id = uuid.uuid4()
 
         def run(conn: Connection) -> uuid.UUID:
@@ -105,7 +113,9 @@ class WaitingStatements(WorkflowStatements):
                 values["created_at"] = self.clock.now() if not self.is_sqlite else utcnow()
             else:
                 values["created_at"] = func.clock_timestamp()
-            conn.execute(insert(ev).values(**values))
+            upsert = sqlite_insert if self.is_sqlite else pg_insert
+            conn.execute(upsert(ev).values(**values).on_conflict_do_nothing(
+                index_elements=[ev.c.id]))
             return event_id
 
         return self.transaction(run)
@@ -131,11 +141,6 @@ class WaitingStatements(WorkflowStatements):
         stmt = select(h.c.finished_at).where(h.c.workflow_id == workflow_id,
                                              h.c.version == version)
         return self._single(lambda c: c.execute(stmt).scalar())
-
-    def children_of(self, parent: uuid.UUID) -> list[Any]:
-        """The parent's child workflows, in the order they were started."""
-        stmt = select(w).where(w.c.parent_id == parent).order_by(w.c.created_at, w.c.id)
-        return self._single(lambda c: list(c.execute(stmt)))
 
     def release_children(self, conn: Connection, parent: uuid.UUID, max_running: int) -> int:
         """Let queued children go while fewer than `max_running` are active; returns how many."""
@@ -213,10 +218,13 @@ class WaitingStatements(WorkflowStatements):
                 .values(entered_version=row.version, attempt=1).returning(w.c.id)).first()
             if done is None:
                 return False
-            conn.execute(insert(h).values(
+            # (Repeated after a connection lost during its COMMIT, the history row is there.)
+            upsert = sqlite_insert if self.is_sqlite else pg_insert
+            conn.execute(upsert(h).values(
                 workflow_id=row.id, version=row.version, kind="external_change", from_state=None,
                 to_state=row.state, data=row.data, status="ready", attempt=0, worker=worker,
-                cause="row changed outside the engine", finished_at=self.now()))
+                cause="row changed outside the engine", finished_at=self.now(),
+            ).on_conflict_do_nothing(index_elements=[h.c.workflow_id, h.c.version]))
             return True
 
         return self.transaction(run)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -26,17 +24,18 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .._database import is_retryable
 from .._records import Change, ChildStart, ClaimedRow, Committed
 from .._schema import JSONData, UTCDateTime, history, workflows
 from .._schema import events as ev
-from ..errors import StoreError
-from ._base import StoreBase, _headline
+from ..errors import DatabaseUnavailable, StoreError
+from ._base import StatementGroup, _headline
+from ._decode import decode_value
 
 log = logging.getLogger("statemachine.store")
 
@@ -46,7 +45,11 @@ w = workflows
 h = history
 
 
-class WorkflowStatements(StoreBase):
+# What `_read_back` answers when the commit it looked for did not happen: send it again.
+_RESEND: Any = object()
+
+
+class WorkflowStatements(StatementGroup):
     """Start, claim, renew, release, commit."""
 
     # -- starting ----------------------------------------------------------------------------
@@ -63,7 +66,8 @@ class WorkflowStatements(StoreBase):
     ) -> tuple[uuid.UUID, bool]:
         """Insert a new workflow and its first history row; returns (id, created). With a `key`
         already used for this machine, returns the existing workflow's id and ``created=False``.
-        One statement on servers (both inserts in a CTE)."""
+        One statement on servers (both inserts in a CTE). The id is made here, so a start
+        repeated after a lost connection finds the row it wrote instead of a second one."""
         if self.is_sqlite:
             return self.transaction(lambda conn: self.insert_workflow_in(
                 conn, machine=machine, state=state, data=data, key=key, parent_id=parent_id,
@@ -77,8 +81,17 @@ class WorkflowStatements(StoreBase):
                   "h_cause": f"key={key}" if key else None, **self._now_value()}
         if self._single(lambda conn: conn.execute(stmt, params).first()) is not None:
             return new_id, True
+        # Nothing inserted: this very start already went through (its answer was lost with a
+        # connection), or another start took the key.
+        mine = select(w.c.id).where(w.c.id == new_id)
+        if self._single(lambda conn: conn.execute(mine).first()) is not None:
+            return new_id, True
         existing = select(w.c.id).where(w.c.machine == machine, w.c.key == key)
-        return self._single(lambda conn: conn.execute(existing).scalar_one()), False
+        found = self._single(lambda conn: conn.execute(existing).scalar_one_or_none())
+        if found is None:
+            raise StoreError(f"could not start a {machine} workflow: its insert conflicted with "
+                             f"no row this store can find", sqlstate="23505")
+        return found, False
 
     def _start_statement(self) -> Any:
         now = self._now_param()
@@ -89,9 +102,7 @@ class WorkflowStatements(StoreBase):
             wake_at=self._later_param("p_wake"), key=bindparam("p_key", type_=Text()),
             parent_id=bindparam("p_parent", type_=w.c.parent_id.type), created_at=now,
             updated_at=now,
-        ).on_conflict_do_nothing(index_elements=[w.c.machine, w.c.key],
-                                 index_where=w.c.key.is_not(None)
-                                 ).returning(w.c.id, w.c.state, w.c.data).cte("new")
+        ).on_conflict_do_nothing().returning(w.c.id, w.c.state, w.c.data).cte("new")
         first = insert(h).from_select(
             ["workflow_id", "version", "kind", "to_state", "data", "status", "attempt", "cause",
              "finished_at"],
@@ -134,6 +145,9 @@ class WorkflowStatements(StoreBase):
         ids = [uuid.uuid4() for _ in rows]
 
         def run(conn: Connection) -> list[uuid.UUID]:
+            # Repeated after a connection lost during its COMMIT: the rows may be there already.
+            if conn.execute(select(w.c.id).where(w.c.id == ids[0])).first() is not None:
+                return ids
             now = self.current_time() if self.server_clock else self.clock.now()
             conn.execute(insert(w), [
                 dict(id=i, machine=machine, state=s, data=d, status="ready", version=1,
@@ -170,9 +184,7 @@ class WorkflowStatements(StoreBase):
                 rows = conn.execute(pick, params).all()
                 if rows:
                     conn.execute(lease_them, {**params, "p_ids": [r.id for r in rows]})
-                return [ClaimedRow(r.id, r.machine, r.state, r.data, r.version, r.entered_version,
-                                   r.attempt + 1, token, r.status, not r.rec, r.parent_id,
-                                   r.cancel_requested, r.in_doubt) for r in rows]
+                return [_claimed_sqlite(r, token) for r in rows]
 
             return self.transaction(run_sqlite)
 
@@ -182,8 +194,8 @@ class WorkflowStatements(StoreBase):
             return ClaimedRow(wid, machine, state, data, version, entered, attempt, token, status,
                               not rec, parent, cancel, doubt)
 
-        if self._fast_ok():
-            return [claimed(r) for r in self._fast("claim", stmts, params, many=True)]
+        if self._db.fast_ok():
+            return [claimed(r) for r in self._db.fast("claim", stmts, params, many=True)]
         return self._single(lambda conn: [claimed(r) for r in conn.execute(stmts, params)])
 
     def _claim_statements(self) -> Any:
@@ -204,7 +216,9 @@ class WorkflowStatements(StoreBase):
             status="running", lease_token=bindparam("p_token", type_=Text()),
             lease_owner=bindparam("p_owner", type_=Text()), wake_at=self._later_param("p_lease"),
             attempt=w.c.attempt + 1, updated_at=now)
-        columns = (w.c.id, w.c.machine, w.c.state, w.c.data, w.c.version, w.c.entered_version,
+        # SQLite checks no JSON: its rows' data is read as text and decoded row by row.
+        data = type_coerce(w.c.data, Text()).label("data") if self.is_sqlite else w.c.data
+        columns = (w.c.id, w.c.machine, w.c.state, data, w.c.version, w.c.entered_version,
                    w.c.attempt)
         extra = (recorded.label("rec"), w.c.parent_id, w.c.cancel_requested, w.c.in_doubt)
         limit = bindparam("p_limit", type_=Integer())
@@ -239,47 +253,46 @@ class WorkflowStatements(StoreBase):
 
     # -- writing changes -------------------------------------------------------------------------
 
-    def apply(self, change: Change) -> int | None:
-        """Compare-and-set the row and append history in one atomic step; returns the new version,
-        or None when the row no longer matches (lease lost, or changed by an operator)."""
-        done = self.commit(change)
-        return None if done is None else done.version
-
     def commit(self, change: Change, *, retry_for: float = 0.0) -> Committed | None:
-        """`apply`, also reporting a cancellation request that arrived meanwhile. A plain change
-        is one statement on servers; one with events, children or a parent is one transaction.
+        """Compare-and-set the row and append its history row atomically; returns the new
+        version and a cancellation request that arrived meanwhile, or None when the row no
+        longer matches (lease lost, or changed by an operator). A plain change is one statement
+        on servers; one with events, children or a parent is one transaction.
+
+        When the outcome is unknown (CockroachDB's 40003, or the connection lost under the
+        write) the history row it would have written is read back: there, the commit happened;
+        not there, it is sent again on a fresh connection (the compare-and-set decides), so a
+        handler's result is kept whenever it can be.
 
         `retry_for`: under heavy contention, keep trying past the usual retries for this many
         seconds (a worker passes part of its lease: the handler has acted, and giving up means
         running it again after the lease expires)."""
-        give_up = time.monotonic() + retry_for
-        while True:
-            try:
-                return self._commit(change)
-            except StoreError as e:
-                driver_error = getattr(e.__cause__, "orig", e.__cause__)
-                if getattr(driver_error, "sqlstate", None) == "40003":
-                    return self._settle_ambiguous(change)
-                cause = e.__cause__
-                if cause is None or not is_retryable(cause) or time.monotonic() >= give_up:
-                    raise
-                log.info("workflow %s: commit still contended, trying again: %s",
-                         change.workflow_id, e)
-                time.sleep(0.05 + random.random() * 0.2)
+        for _ in range(self._db.max_retries + 1):
+            done = self._db.run(lambda: self._send_commit(change), reconnect=False,
+                                settle=lambda: self._read_back(change), retry_for=retry_for)
+            if done is not _RESEND:
+                return done  # type: ignore[no-any-return]
+            log.info("workflow %s: commit at version %d did not happen; sending it again",
+                     change.workflow_id, change.version)
+        raise DatabaseUnavailable(
+            f"workflow {change.workflow_id}: the commit's outcome stayed unknown after "
+            f"{self._db.max_retries + 1} tries", sqlstate="40003",
+            workflow_id=change.workflow_id, state=change.from_state)
 
-    def _settle_ambiguous(self, change: Change) -> Committed | None:
-        """After a commit whose outcome is unknown (CockroachDB's 40003): it happened if the
-        history row it would have written is there, with this worker and kind."""
+    def _read_back(self, change: Change) -> Any:
+        """After a commit whose outcome is unknown: it happened if the history row it would
+        have written is there, with this worker and kind (a `Committed`); `_RESEND` if not."""
         stmt = select(h.c.kind, h.c.worker).where(
             h.c.workflow_id == change.workflow_id, h.c.version == change.version + 1)
         row = self._single(lambda conn: conn.execute(stmt).first())
         if row is not None and row.kind == change.kind and row.worker == change.worker:
             return Committed(change.version + 1, None)
-        return None
+        return _RESEND
 
-    def _commit(self, change: Change) -> Committed | None:
+    def _send_commit(self, change: Change) -> Committed | None:
+        """One attempt at `commit` (no retry): the retry loop classifies what it raises."""
         if self.is_sqlite or not change.simple:
-            return self.transaction(lambda conn: self.commit_in(conn, change))
+            return self._db.attempt_transaction(lambda conn: self.commit_in(conn, change))
         shape = _shape(change)
         stmt = self._statements.get(("commit", shape))
         if stmt is None:
@@ -292,10 +305,12 @@ class WorkflowStatements(StoreBase):
                 u.join(i, i.c.version == u.c.version))
             self._statements[("commit", shape)] = stmt
         params = self._change_params(change)
-        if self._fast_ok() and not change.expect_status:  # (an expanding IN needs SQLAlchemy)
-            row = self._fast(("commit", shape), stmt, params)
+        fast = self._db.fast_path
+        if fast is not None and fast.usable() and not change.expect_status:
+            # (an expanding IN needs SQLAlchemy)
+            row = fast.execute(("commit", shape), stmt, params)
         else:
-            row = self._single(lambda conn: conn.execute(stmt, params).first())
+            row = self._db.attempt_single(lambda conn: conn.execute(stmt, params).first())
         return None if row is None else Committed(int(row[0]), row[1])
 
     def commit_in(self, conn: Connection, change: Change) -> Committed | None:
@@ -322,7 +337,10 @@ class WorkflowStatements(StoreBase):
                 .values(status="consumed", consumed_at=self.now(), consumed_version=version)
                 .returning(ev.c.id)).first()
             if consumed is None:
-                raise StoreError(f"event {c.consume_event} was consumed twice")  # rolls back
+                # Rolls back. Another transaction won the race for the event: a conflict, as a
+                # serialization failure is (the workflow runs again; nothing is parked for it).
+                raise StoreError(f"event {c.consume_event} was consumed twice", sqlstate="40001",
+                                 workflow_id=c.workflow_id, state=c.from_state)
         if c.children:
             self._insert_children(conn, c.workflow_id, c.children)
         if c.wake_parent is not None:
@@ -330,11 +348,6 @@ class WorkflowStatements(StoreBase):
         if c.cancel_children is not None:
             self._cancel_children(conn, c.workflow_id, c.cancel_children)
         return Committed(version, None if c.clear_cancel else row.cancel_requested)
-
-    def apply_in(self, conn: Connection | None, change: Change) -> int | None:
-        """`apply` inside the caller's transaction (`conn`), or in its own when `conn` is None."""
-        done = self.commit(change) if conn is None else self.commit_in(conn, change)
-        return None if done is None else done.version
 
     def _change_statements(self, shape: _Shape) -> tuple[Any, dict[str, Any]]:
         """The compare-and-set UPDATE and the history values for one shape of change, with a
@@ -387,9 +400,10 @@ class WorkflowStatements(StoreBase):
         params: dict[str, Any] = dict(
             p_id=c.workflow_id, p_version=c.version, p_token=c.lease_token,
             p_expect=list(c.expect_status), p_state=c.to_state, p_data=c.data,
-            p_status=c.status, p_last_error=_headline(c.error), p_wake_at=c.wake_at,
-            p_in_doubt=c.mark_in_doubt, h_kind=c.kind, h_from=c.from_state,
-            h_status=c.status, h_cause=c.cause, h_attempt=c.attempt, h_error=c.error,
+            p_status=c.status, p_last_error=self._redact(_headline(c.error)),
+            p_wake_at=c.wake_at, p_in_doubt=self._redact(c.mark_in_doubt), h_kind=c.kind,
+            h_from=c.from_state, h_status=c.status, h_cause=c.cause, h_attempt=c.attempt,
+            h_error=self._redact(c.error),
             h_worker=c.worker, h_started=c.started_at)
         seconds = c.keep_lease if c.keep_lease is not None else c.wake_after
         params["p_wake"] = self._later_value(seconds or 0.0)
@@ -456,3 +470,16 @@ def _shape(c: Change) -> _Shape:
         keep_lease=c.keep_lease is not None, wake=wake, attempt_rule=attempt_rule,
         new_state=c.new_state, clear_cancel=c.clear_cancel,
         doubt=c.mark_in_doubt is not None or c.clear_in_doubt or c.new_state)
+
+
+def _claimed_sqlite(r: Any, token: str) -> ClaimedRow:
+    """A claimed SQLite row, its data decoded here: a value that does not decode (written by
+    hand) becomes the row's `data_error`, for the engine to park it with, instead of failing the
+    claim of every row."""
+    data, data_error = decode_value("data", r.data, json_text=True)
+    attempt, attempt_error = decode_value("attempt", r.attempt, integer=True)
+    errors = [e for e in (data_error, attempt_error) if e]
+    return ClaimedRow(r.id, r.machine, r.state, None if data_error else data, r.version,
+                      r.entered_version, attempt + 1 if not attempt_error else 1, token, r.status,
+                      not r.rec, r.parent_id, r.cancel_requested, r.in_doubt,
+                      data_error="; ".join(errors) or None)

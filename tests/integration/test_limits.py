@@ -50,9 +50,9 @@ class Recorder:
         self._local = threading.local()
 
     def watch_grants(self, store: Store) -> None:
-        """Note when each call of `store.take_start` that grants a start token began, for the
+        """Note when each call of `store.sql.take_start` that grants a start token began, for the
         handler that the same thread then runs: the grant happened between the two."""
-        inner = store.take_start
+        inner = store.sql.take_start
 
         def take_start(key: str, count: int, window: float) -> float:
             began = time.monotonic()
@@ -63,7 +63,7 @@ class Recorder:
                     self.grants += 1
             return wait
 
-        store.take_start = take_start  # type: ignore[method-assign]
+        store.sql.take_start = take_start  # type: ignore[method-assign]
 
     def run(self, tag: str, seconds: float) -> None:
         start = time.monotonic()

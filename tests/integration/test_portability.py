@@ -1,9 +1,10 @@
 """Staying portable to CockroachDB without a CockroachDB server (see COCKROACHDB.md).
 
 1. Every statement the store builds, and all DDL, compiles for PostgreSQL and for the CockroachDB
-   dialect. The store's methods are driven through a stand-in connection that records statements
-   instead of running them, so no server is needed; arguments are made from the methods' type
-   hints, so a method added to `Store` is checked without touching this file.
+   dialect. The methods of ``store.sql`` are driven through a stand-in connection that records
+   statements instead of running them (tests/integration/golden_sql.py), so no server is needed;
+   arguments are made from the methods' type hints, so a method added is checked without touching
+   this file.
 2. A SQL lint: the statements a full workflow really sends (start, worker, failures and retries,
    park and retry, cancel, force by API and by SQL) and the PostgreSQL migrations must not use what
    CockroachDB lacks. The lint records what it saw, to prove it saw the claim and the
@@ -12,21 +13,14 @@
 
 from __future__ import annotations
 
-import inspect
-import itertools
 import re
 import threading
-import types
-import typing
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import pytest
-from sqlalchemy import Connection, event
+from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -36,9 +30,16 @@ from sqlalchemy_cockroachdb.psycopg import CockroachDBDialect_psycopg
 from statemachine import Client, Context, Machine, RetryPolicy, Store, Worker, step
 from statemachine._migrate import migration_files
 from statemachine._schema import metadata
-from statemachine._store import Change
+from tests.integration.golden_sql import (
+    FixedClock,
+    compile_for,
+    drive,
+    offline_store,
+    statement_methods,
+)
 from tests.integration.test_engine import force_by_sql
 
+# CockroachDB is checked against PostgreSQL's compiler and its own (SQLite: see golden_sql).
 DIALECTS: dict[str, Dialect] = {
     "postgresql": postgresql.psycopg.dialect(),
     "cockroachdb": CockroachDBDialect_psycopg(),
@@ -103,231 +104,43 @@ def test_lint_passes_portable_sql(sql: str) -> None:
 # -- compiling every statement the store builds, without a server -----------------------------
 
 
-class Unbuildable(Exception):
-    """No example value for this type."""
-
-
-WHEN = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-SOME_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
-
-
-class FixedClock:
-    def now(self) -> datetime:
-        return WHEN
-
-
-class FakeRow:
-    """A row whose every column is 1: enough for the store's code to carry on past a read."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return 1
-
-    def __getitem__(self, index: Any) -> Any:
-        return 1
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((1, 1, 1))
-
-
-class FakeResult:
-    """What the stand-in connection returns: no rows, or one `FakeRow`."""
-
-    def __init__(self, rows: list[Any]) -> None:
-        self.rows = rows
-        self.rowcount = len(rows)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.rows)
-
-    def all(self) -> list[Any]:
-        return list(self.rows)
-
-    fetchall = all
-
-    def first(self) -> Any:
-        return self.rows[0] if self.rows else None
-
-    one_or_none = fetchone = first
-
-    def one(self) -> Any:
-        return self.rows[0] if self.rows else FakeRow()
-
-    def scalar(self) -> Any:
-        return 1 if self.rows else None
-
-    scalar_one_or_none = scalar
-
-    def scalar_one(self) -> Any:
-        return 1
-
-    def scalars(self) -> FakeResult:
-        return FakeResult([1 for _ in self.rows])
-
-
-class RecordingConnection:
-    """Stands in for a `Connection`: records each statement and answers with `FakeResult`s."""
-
-    def __init__(self, rows: bool) -> None:
-        self.rows = rows
-        self.statements: list[ClauseElement | str] = []
-
-    def execute(self, statement: Any, parameters: Any = None, **_: Any) -> FakeResult:
-        self.statements.append(statement)
-        return FakeResult([FakeRow()] if self.rows else [])
-
-    def exec_driver_sql(self, statement: str, parameters: Any = None, **_: Any) -> FakeResult:
-        return self.execute(statement)
-
-    @contextmanager
-    def begin(self) -> Iterator[RecordingConnection]:
-        yield self
-
-    def commit(self) -> None:
-        pass
-
-    def rollback(self) -> None:
-        pass
-
-
-def examples(tp: Any, conn: RecordingConnection) -> list[Any]:
-    """Example values of type `tp`, the richest first (set, non-empty, true), so that calls with
-    each of them take the store's different branches."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is type(None) or tp is None:
-        return [None]
-    if origin in (typing.Union, types.UnionType):
-        out = [v for a in args if a is not type(None) for v in examples(a, conn)]
-        return out + ([None] if type(None) in args else [])
-    if origin is typing.Literal:
-        return list(args)
-    if tp is Any or tp is object:
-        return [{"amount": 1}]
-    if tp is bool:
-        return [True, False]
-    if tp in (int, float, str, uuid.UUID, datetime, timedelta):
-        return [{int: 1, float: 0.5, str: "x", uuid.UUID: SOME_ID, datetime: WHEN,
-                 timedelta: timedelta(seconds=1)}[tp]]
-    if tp is Connection:
-        return [conn]
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return [(examples(args[0], conn)[0],), ()]
-        return [tuple(examples(a, conn)[0] for a in args)]
-    if origin in (list, set, frozenset, Sequence, typing.Sequence):
-        return [[examples(args[0], conn)[0]]] if args else [[1]]
-    if origin in (dict, Mapping) or tp is dict:
-        return [{"k": 1}]
-    if origin is Callable:
-        return [lambda *a, **k: False]
-    if isinstance(tp, type) and attrs.has(tp):
-        return attrs_examples(tp, conn)
-    raise Unbuildable(f"no example value for {tp!r}")
-
-
-def attrs_examples(cls: type, conn: RecordingConnection) -> list[Any]:
-    """An instance with every field set, and one with only the required fields."""
-    hints = typing.get_type_hints(cls)
-    fields = attrs.fields(cls)
-    full = cls(**{f.alias: examples(hints[f.name], conn)[0] for f in fields})
-    required = cls(**{f.alias: examples(hints[f.name], conn)[0] for f in fields
-                      if f.default is attrs.NOTHING})
-    out = [full, required]
-    if cls is Change:
-        # The row's next wake-up is decided by these three, in this order of precedence.
-        out += [attrs.evolve(required, keep_lease=1.0), attrs.evolve(required, wake_after=1.0),
-                attrs.evolve(required, wake_at=WHEN)]
-    return out
-
-
-# Public Store methods that run no SQL of their own (or only DDL, checked below).
-NOT_SQL = {"dispose", "subscribe", "unsubscribe", "notify", "transaction", "now", "later",
-           "connect", "migrate", "watch", "unwatch", "finished", "engines"}
-
-
-def drive(store: Store, name: str, monkeypatch: pytest.MonkeyPatch
-          ) -> tuple[list[ClauseElement | str], list[str]]:
-    """Call `store.<name>` with example arguments, against connections that return no rows and
-    one row; returns the statements it built and the errors it stopped at."""
-    method = getattr(store, name)
-    hints = typing.get_type_hints(getattr(Store, name))
-    params = [p for p in inspect.signature(method).parameters.values()
-              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    statements: list[ClauseElement | str] = []
-    errors: list[str] = []
-    for rows in (False, True):
-        conn = RecordingConnection(rows)
-        monkeypatch.setattr(store, "_retrying",
-                            lambda fn, engine, transactional, conn=conn: fn(conn))
-        # The psycopg fast path runs these same statements, compiled; record them here instead.
-        monkeypatch.setattr(store, "_fast_ok", lambda: False)
-        try:
-            choices = {p.name: examples(hints[p.name], conn) for p in params}
-        except Unbuildable as e:
-            return [], [str(e)]
-        for i in range(max([len(c) for c in choices.values()], default=1)):
-            kwargs = {k: c[i % len(c)] for k, c in choices.items()}
-            try:
-                result = method(**kwargs)
-                if isinstance(result, Iterator):  # a generator builds its SQL when drawn from
-                    list(itertools.islice(result, 3))
-            except Exception as e:
-                errors.append(f"{type(e).__name__}: {e}")
-        statements += conn.statements
-    return statements, errors
-
-
-def compile_for(statement: ClauseElement | str, dialect: Dialect) -> str:
-    if isinstance(statement, str):
-        return statement
-    return str(statement.compile(dialect=dialect))
-
-
 @pytest.fixture(scope="module")
 def offline_stores() -> Iterator[list[Store]]:
     """Stores that never connect: CockroachDB on its own clock, PostgreSQL on a fixed clock
     (times become parameters instead of ``now()``)."""
-    stores = [Store("cockroachdb+psycopg://root@127.0.0.1:1/defaultdb"),
-              Store("postgresql+psycopg://postgres@127.0.0.1:1/postgres", clock=FixedClock())]
+    stores = [offline_store("cockroachdb"), offline_store("postgresql", clock=FixedClock())]
     yield stores
     for s in stores:
         s.dispose()
 
 
-def store_methods() -> list[str]:
-    return sorted(n for n, f in inspect.getmembers(Store, inspect.isfunction)
-                  if not n.startswith("_") and n not in NOT_SQL)
-
-
 def test_every_store_statement_compiles_for_postgresql_and_cockroachdb(
     offline_stores: list[Store], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    compiled: dict[str, list[str]] = {name: [] for name in store_methods()}
+    compiled: dict[str, list[str]] = {name: [] for name in statement_methods()}
     stuck: dict[str, list[str]] = {}
     problems: list[str] = []
     for store in offline_stores:
-        for name in store_methods():
-            statements, errors = drive(store, name, monkeypatch)
+        for name in statement_methods():
+            statements, errors = drive(store, name)
             stuck.setdefault(name, []).extend(errors)
             for statement in statements:
                 for dialect_name, dialect in DIALECTS.items():
                     try:
                         sql = compile_for(statement, dialect)
                     except Exception as e:
-                        problems.append(f"Store.{name} does not compile for {dialect_name}: {e}")
+                        problems.append(f"sql.{name} does not compile for {dialect_name}: {e}")
                         continue
                     compiled.setdefault(name, []).append(sql)
-                    problems += [f"Store.{name} uses {p} ({dialect_name}): {sql}"
+                    problems += [f"sql.{name} uses {p} ({dialect_name}): {sql}"
                                  for p in lint(sql)]
-    problems += [f"Store.{name} built no statement (errors: {stuck[name]}); if it runs no SQL, "
+    problems += [f"sql.{name} built no statement (errors: {stuck[name]}); if it runs no SQL, "
                  "add it to NOT_SQL" for name, sqls in compiled.items() if not sqls]
     assert problems == []
     # The statements that matter most were among those compiled.
     assert any("FOR UPDATE SKIP LOCKED" in s for s in compiled["claim"])
     assert any(re.search(r"WITH u AS \s*\(UPDATE sm_workflows", s) for s in compiled["commit"])
-    assert any(is_compare_and_set(s) for s in compiled["apply"])
+    assert any(is_compare_and_set(s) for s in compiled["commit_in"])
 
 
 def test_ddl_compiles_for_postgresql_and_cockroachdb() -> None:

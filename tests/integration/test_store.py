@@ -1,7 +1,7 @@
 """The store's contract on every backend: migrations build exactly the tables `schema.py` declares,
 `migrate()` is idempotent, `Store.transaction` retries serialization failures with a fresh
-transaction and wraps other errors, claims are exclusive until their lease expires, and `apply` is a
-compare-and-set on (id, version, lease token)."""
+transaction and wraps other errors, claims are exclusive until their lease expires, and `commit` is
+a compare-and-set on (id, version, lease token)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from statemachine import Store, StoreError
 from statemachine._migrate import migration_files
 from statemachine._schema import metadata, migrations_table
-from statemachine._store import Change
+from statemachine._store import Change, Committed
 from tests.conftest import POSTGRES_BACKENDS
 
 # -- migrations ----------------------------------------------------------------------------------
@@ -236,19 +236,19 @@ def finish(row: Any, *, version: int | None = None, token: str | None = None) ->
         attempt=row.attempt, wake_after=None)
 
 
-def test_apply_is_a_compare_and_set(store: Store) -> None:
+def test_commit_is_a_compare_and_set(store: Store) -> None:
     wid, created = store.sql.insert_workflow(machine="store_m", state="Start", data={"n": 1})
     assert created
     [row] = store.sql.claim(owner="w1", machines=["store_m"], limit=10, lease=30)
     assert (row.id, row.version, row.attempt, row.external_change) == (wid, 1, 1, False)
 
-    assert store.sql.apply(finish(row, version=row.version + 1)) is None
-    assert store.sql.apply(finish(row, token="not-the-lease")) is None
+    assert store.sql.commit(finish(row, version=row.version + 1)) is None
+    assert store.sql.commit(finish(row, token="not-the-lease")) is None
     after = store.sql.get(wid)
     assert (after.status, after.state, after.version) == ("running", "Start", 1)
     assert [h.version for h in store.sql.history(wid)] == [1]
 
-    assert store.sql.apply(finish(row)) == 2
+    assert store.sql.commit(finish(row)) == Committed(2, None)
     after = store.sql.get(wid)
     assert (after.status, after.state, after.data, after.version) == (
         "done", "Done", {"ok": True}, 2)
@@ -257,7 +257,7 @@ def test_apply_is_a_compare_and_set(store: Store) -> None:
     kinds = [(h.version, h.kind) for h in store.sql.history(wid)]
     assert kinds == [(1, "start"), (2, "transition")]
     # The same change cannot commit twice.
-    assert store.sql.apply(finish(row)) is None
+    assert store.sql.commit(finish(row)) is None
 
 
 def test_claim_is_exclusive_until_the_lease_expires(store: Store) -> None:
@@ -275,5 +275,5 @@ def test_claim_is_exclusive_until_the_lease_expires(store: Store) -> None:
     assert second.lease_token != first.lease_token
     assert store.sql.get(wid).lease_owner == "w2"
     # The worker that lost its lease cannot commit any more; the new holder can.
-    assert store.sql.apply(finish(first)) is None
-    assert store.sql.apply(finish(second)) == 2
+    assert store.sql.commit(finish(first)) is None
+    assert store.sql.commit(finish(second)) == Committed(2, None)

@@ -1,0 +1,134 @@
+"""The psycopg fast path sends exactly what SQLAlchemy would send, and keeps a healthy connection
+through an error the server answered (a 40001 is not a broken connection).
+
+The first test is the guard named in `statemachine/_store/_fast.py`: the fast path converts
+parameters with SQLAlchemy's public type APIs (``compiled.binds``, ``dialect_impl``,
+``bind_processor``); if SQLAlchemy ever converts differently, the SQL or the values sent differ
+from what SQLAlchemy's own execution sends, and this test fails loudly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from psycopg.types.json import Jsonb
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+
+from statemachine import Store
+from statemachine._store import Change, Committed
+from statemachine._store._fast import FastPath
+from tests.conftest import POSTGRES_BACKENDS
+
+pytestmark = pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)
+
+
+def comparable(values: dict[str, Any]) -> dict[str, Any]:
+    """Driver parameters with JSON wrappers opened (a Jsonb compares by identity)."""
+    return {k: (v.obj, type(v)) if isinstance(v, Jsonb) else v for k, v in values.items()}
+
+
+def finishing(row: Any) -> Change:
+    return Change(workflow_id=row.id, version=row.version, lease_token=row.lease_token,
+                  kind="transition", from_state=row.state, to_state="Done",
+                  data={"ok": True, "when": "now"}, status="done", attempt=row.attempt,
+                  wake_after=None, worker="w1", error="Authorization: Bearer zzz")
+
+
+def test_fast_path_sends_what_sqlalchemy_sends(
+        store: Store, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepared: list[tuple[Any, dict[str, Any], tuple[str, dict[str, Any]]]] = []
+    real_prepare = FastPath.prepare
+
+    def spy(self: FastPath, key: Any, stmt: Any, params: dict[str, Any]
+            ) -> tuple[str, dict[str, Any]]:
+        out = real_prepare(self, key, stmt, params)
+        prepared.append((stmt, dict(params), out))
+        return out
+
+    monkeypatch.setattr(FastPath, "prepare", spy)
+    assert store.sql._db.fast_ok()
+    store.sql.insert_workflow(machine="fast_m", state="Start", data={"n": 1})
+    [row] = store.sql.claim(owner="w1", machines=["fast_m"], limit=5, lease=30)
+    assert store.sql.commit(finishing(row)) == Committed(2, None)
+    assert len(prepared) == 2, "the claim and the commit did not take the fast path"
+
+    sent: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        sent.append((statement, parameters))
+
+    engine = store.sql._db.autocommit
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        for stmt, params, (sql, values) in prepared:
+            sent.clear()
+            with engine.connect() as conn:
+                trans = conn.begin()
+                conn.execute(stmt, params)
+                trans.rollback()
+            [(sa_sql, sa_values)] = [s for s in sent if s[0] == sql] or sent[-1:]
+            assert sa_sql == sql
+            assert comparable(sa_values) == comparable(values)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+
+
+INJECTED = 2
+INJECT_40001 = [
+    "CREATE SEQUENCE sm_test_fast_calls",
+    f"""
+    CREATE FUNCTION sm_test_fast_inject() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.kind = 'transition' AND nextval('sm_test_fast_calls') <= {INJECTED} THEN
+            RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = 'restart transaction: injected';
+        END IF;
+        RETURN NEW;
+    END $$""",
+    """
+    CREATE TRIGGER sm_test_fast_inject BEFORE INSERT ON sm_history
+        FOR EACH ROW EXECUTE FUNCTION sm_test_fast_inject()""",
+]
+
+
+def backend_pids(store: Store, application_name: str) -> set[int]:
+    with store.connect() as conn:
+        return set(conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = :name"),
+            {"name": application_name}).scalars())
+
+
+def test_a_serialization_failure_keeps_the_fast_path_connection(
+        db_url: str, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"sm-fast-{uuid.uuid4().hex[:8]}"
+    url = make_url(db_url).update_query_dict({"application_name": name})
+    store = Store(url.render_as_string(hide_password=False), pool_size=1)
+    used: list[int] = []
+    real_execute = FastPath.execute
+
+    def spy(self: FastPath, *args: Any, **kwargs: Any) -> Any:
+        with self.engine.connect() as conn:  # the same (only) pooled connection
+            used.append(conn.connection.driver_connection.info.backend_pid)  # type: ignore
+        return real_execute(self, *args, **kwargs)
+
+    try:
+        with store.connect() as conn:
+            for statement in INJECT_40001:
+                conn.execute(text(statement))
+            conn.commit()
+        store.sql.insert_workflow(machine="fast_m", state="Start", data={})
+        [row] = store.sql.claim(owner="w1", machines=["fast_m"], limit=1, lease=30)
+        before = backend_pids(store, name)
+        monkeypatch.setattr(FastPath, "execute", spy)
+        assert store.sql.commit(finishing(row)) == Committed(2, None)
+        with store.connect() as conn:
+            calls = conn.execute(text("SELECT last_value FROM sm_test_fast_calls")).scalar_one()
+        assert calls == INJECTED + 1  # refused twice, then committed: all on the fast path
+        assert len(used) == INJECTED + 1
+        # Every attempt ran on the same server process: the connection was never discarded.
+        assert len(set(used)) == 1
+        assert backend_pids(store, name) == before
+    finally:
+        store.dispose()
