@@ -371,18 +371,22 @@ class Worker:
         wait = interval
         while not self._stopped.wait(wait):
             try:
-                self._renew()
+                called = self._renew()
             except Exception as e:
                 # Retry sooner than the interval (a lease may be about to run out), never later.
                 wait = min(interval, trouble.failed(e))
                 continue
-            trouble.ok()
+            if called:  # nothing held, nothing asked: says nothing about the database
+                trouble.ok()
             wait = interval
 
-    def _renew(self) -> None:
-        """Renew the lease of every workflow held, and the rate-limit slots they hold."""
+    def _renew(self) -> bool:
+        """Renew the lease of every workflow held, and the rate-limit slots they hold; False
+        when nothing was held (no database call)."""
         with self._lock:
             held = dict(self._inflight)
+        if not held:
+            return False
         by_token: dict[tuple[str, float], list[uuid.UUID]] = {}
         for wid, key in held.items():
             by_token.setdefault(key, []).append(wid)
@@ -393,8 +397,8 @@ class Worker:
                         if self._inflight.get(i, ("",))[0] == token]
             for wid in lost:
                 log.warning("worker %s: lost the lease of workflow %s", self.name, wid)
-        if held:
-            self.store.sql.renew_slots(list(held), self.lease)
+        self.store.sql.renew_slots(list(held), self.lease)
+        return True
 
     def _release_all(self) -> None:
         with self._lock:

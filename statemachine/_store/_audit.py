@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,8 @@ from .._schema import FINISHED_STATUSES, STATUSES, workflows
 if TYPE_CHECKING:
     from ._base import StoreBase
 
-__all__ = ["Problem", "RawRow", "as_uuid", "problems", "raw_rows", "row_problems", "unclaimable",
+__all__ = ["Problem", "RawRow", "as_uuid", "problems", "raw_rows", "row_problems", "scan_raw",
+           "unclaimable",
            "when"]
 
 w = workflows
@@ -143,6 +144,28 @@ def raw_rows(store: StoreBase, *, workflow_id: str | None = None, machine: str |
     with store.connect() as conn:
         rows = conn.execute(stmt).all()
     return [_raw(r) for r in rows]
+
+
+def scan_raw(store: StoreBase, machines: Sequence[str], *, include_finished: bool = False,
+             batch: int = 500) -> Iterator[RawRow]:
+    """Every row of `machines` that is not finished (or every one, with `include_finished`), as
+    `raw_rows` reads them, in batches by id (no long transaction, however large the table)."""
+    after: str | None = None
+    columns = [type_coerce(w.c[name], NullType()).label(name) for name in _RAW_COLUMNS]
+    while True:
+        stmt = (select(*columns).where(w.c.machine.in_(machines))
+                .order_by(cast(w.c.id, Text)).limit(batch))
+        if not include_finished:
+            stmt = stmt.where(w.c.status.not_in(FINISHED_STATUSES))
+        if after is not None:
+            stmt = stmt.where(cast(w.c.id, Text) > after)
+        with store.connect() as conn:
+            rows = conn.execute(stmt).all()
+        for r in rows:
+            yield _raw(r)
+        if len(rows) < batch:
+            return
+        after = str(rows[-1].id)
 
 
 def _raw(r: Any) -> RawRow:
