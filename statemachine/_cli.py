@@ -54,6 +54,12 @@ class _Obj:
             self._store = Store(self.db)
         return self._store
 
+    def close(self) -> None:
+        """Close the store's connections (when the command is done)."""
+        if self._store is not None:
+            self._store.dispose()
+            self._store = None
+
 
 def _import_app(spec: str) -> list[Any]:
     """Import ``module:attr`` (or a bare module): the objects it names (or defines)."""
@@ -142,6 +148,7 @@ def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.obj = _Obj(db or default_database_url(), debug)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @cli.command()

@@ -13,10 +13,23 @@ import json
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from sqlalchemy import ColumnElement, Text, and_, cast, func, not_, or_, select, true, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Text,
+    and_,
+    cast,
+    func,
+    not_,
+    or_,
+    select,
+    true,
+    type_coerce,
+)
 from sqlalchemy.types import NullType
 
 from .._schema import FINISHED_STATUSES, STATUSES, workflows
@@ -56,14 +69,12 @@ def _group(store: StoreBase, kind: str, detail: ColumnElement[Any] | str,
     example = func.min(cast(w.c.id, Text))
     if isinstance(detail, str):
         stmt = select(func.count(), example).where(where)
-        with store.connect() as conn:
-            count, first = conn.execute(stmt).one()
+        count, first = store.transaction(lambda conn: conn.execute(stmt).one())
         return [Problem(kind, detail, int(count), str(first))] if count else []
     grouped = select(cast(detail, Text), func.count(), example).where(where).group_by(detail)
-    with store.connect() as conn:
-        return [Problem(kind, repr(value) if value is not None else "NULL", int(count),
-                        str(first))
-                for value, count, first in conn.execute(grouped).all()]
+    return [Problem(kind, repr(value) if value is not None else "NULL", int(count), str(first))
+            for value, count, first in store.transaction(
+                lambda conn: conn.execute(grouped).all())]
 
 
 def unclaimable(store: StoreBase, machines: Sequence[str] | None = None) -> list[Problem]:
@@ -141,9 +152,7 @@ def raw_rows(store: StoreBase, *, workflow_id: str | None = None, machine: str |
         stmt = stmt.where(w.c.status == status)
     if state:
         stmt = stmt.where(w.c.state == state)
-    with store.connect() as conn:
-        rows = conn.execute(stmt).all()
-    return [_raw(r) for r in rows]
+    return [_raw(r) for r in store.transaction(lambda conn: conn.execute(stmt).all())]
 
 
 def scan_raw(store: StoreBase, machines: Sequence[str], *, include_finished: bool = False,
@@ -159,13 +168,16 @@ def scan_raw(store: StoreBase, machines: Sequence[str], *, include_finished: boo
             stmt = stmt.where(w.c.status.not_in(FINISHED_STATUSES))
         if after is not None:
             stmt = stmt.where(cast(w.c.id, Text) > after)
-        with store.connect() as conn:
-            rows = conn.execute(stmt).all()
+        rows = store.transaction(partial(_all, stmt))
         for r in rows:
             yield _raw(r)
         if len(rows) < batch:
             return
         after = str(rows[-1].id)
+
+
+def _all(stmt: Any, conn: Connection) -> Sequence[Any]:
+    return conn.execute(stmt).all()
 
 
 def _raw(r: Any) -> RawRow:
