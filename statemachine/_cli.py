@@ -439,6 +439,7 @@ def check(obj: _Obj, app: str, include_finished: bool) -> None:
         click.echo(problem.describe())
     for (machine, what), bad in unfit.items():
         example, message = bad[0]
+        message = message.removeprefix(f"workflow {example}: ")
         rows = "1 workflow" if len(bad) == 1 else f"{len(bad)} workflows"
         click.echo(f"{machine} {what} does not load: {rows} (e.g. {example}: {message})")
     would_not_load = sum(len(b) for b in unfit.values())
@@ -446,8 +447,10 @@ def check(obj: _Obj, app: str, include_finished: bool) -> None:
     if not total:
         click.echo(f"checked {checked} stored states and events: all load")
         return
+    kinds = len(found) + len(unfit)
     click.echo(f"checked {checked} stored states and events: {would_not_load} would not load; "
-               f"{len(found) + len(unfit)} kinds of problem in {total} rows")
+               f"{kinds} {'kind' if kinds == 1 else 'kinds'} of problem in {total} "
+               f"{'row' if total == 1 else 'rows'}")
     raise SystemExit(1)
 
 

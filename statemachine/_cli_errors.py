@@ -99,9 +99,8 @@ def describe(error: BaseException, db: str) -> str:
     missing_db = re.search(r'database "([^"]+)" does not exist', texts)
     if missing_db:
         name = missing_db.group(1)
-        return (f"database {name!r} does not exist on the server of {where}: create it "
-                f"(createdb {name}, or CREATE DATABASE \"{name}\"), then run "
-                "`statemachine migrate`")
+        return (f"database {name!r} does not exist (at {where}): create it first "
+                f"(createdb {name}, or CREATE DATABASE \"{name}\")")
     if re.search(r"no such table: sm_|relation \"sm_\w+\" does not exist", texts):
         return (f"the database at {where} has no statemachine tables: run "
                 "`statemachine migrate`")

@@ -150,16 +150,15 @@ class Worker:
         t.start()
 
     def _thread_main(self, name: str) -> None:
-        """Run one loop; it handles its own failures, so an exception here is a bug: keep it for
-        the supervisor (`_supervise`) to report."""
+        """Run one loop. Each loop handles its own failures, so an exception that gets here is a
+        bug (or a BaseException): it is logged and kept, and `_supervise` restarts the thread."""
         try:
             self._loops[name]()
         except BaseException as e:
             self._deaths.setdefault(name, []).append(time.monotonic())
             self._troubles[name].last_error = one_line(e)
-            log.critical("worker %s: thread %s died", self.name, name, exc_info=e)
             self._last_death = e
-            raise
+            log.critical("worker %s: thread %s died", self.name, name, exc_info=e)
 
     def _supervise(self) -> None:
         """Restart any loop thread that died (a bug: each loop catches its own failures); after

@@ -25,6 +25,7 @@ __all__ = [
     "Effects",
     "Holding",
     "LongStep",
+    "Renamed",
     "SlowSteps",
     "marker_runs",
 ]
@@ -317,3 +318,29 @@ class Effects(Machine):
     def third(self, state: E3, ctx: Context) -> E4:
         _effect("E3", ctx)
         return E4(n=state.n)
+
+
+# -- a state stored under another name than its class's: `statemachine start` must use it -------
+
+
+@attrs.frozen
+class Fresh:
+    __state_name__ = "Original"
+    n: int
+
+
+@attrs.frozen
+class Settled:
+    n: int
+
+
+class Renamed(Machine):
+    """One step from a state stored as ``Original`` (its class is called `Fresh`)."""
+
+    name = "proc_renamed"
+    initial = Fresh
+    terminal = (Settled,)
+
+    @step
+    def settle(self, state: Fresh, ctx: Context) -> Settled:
+        return Settled(n=state.n)
