@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The long chaos run (not part of `make test` or CI): 300 s of worker SIGKILLs, a SIGSTOP, injected
+# 40001s, two PostgreSQL restarts, a 30 s stop and terminated connections, on a throw-away cluster.
+# Prints the figures docs/explanation/reliability.md quotes. CHAOS_ARGS="--duration 60" for less.
+CHAOS_ARGS ?= --duration 300
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) demo.db demo.db-wal demo.db-shm .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,7 @@ from ._definition import (
     state_name,
     step,
 )
+from ._health import WorkerHealth
 from ._limits import Limit, RetryAfter
 from ._runtime import Worker
 from ._schedules import Schedule
@@ -67,6 +68,7 @@ __all__ = [
     "UnknownMachine",
     "WaitTimeout",
     "Worker",
+    "WorkerHealth",
     "WorkflowInfo",
     "WorkflowNotFound",
     "later",

@@ -9,26 +9,26 @@ the traceback.
 from __future__ import annotations
 
 import importlib
-import itertools
 import json
 import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
-import attrs
 import click
 
-from ._client import Client, WorkflowInfo
-from ._definition import Machine, lookup_machine
+from ._cli_errors import check_url, describe, sqlite_file
+from ._client import Client
+from ._definition import Machine, lookup_machine, state_name
 from ._runtime import Worker
 from ._schedules import Schedule
 from ._serde import StateCodec
 from ._store import Change, Store, default_database_url
-from .errors import StateMachineError, UnknownMachine
+from ._store._audit import RawRow, problems, raw_rows, scan_raw, when
+from .errors import InvalidArgument, StateMachineError, UnknownMachine, WorkflowNotFound
 
 __all__ = ["load_machines", "main"]
 
@@ -37,13 +37,28 @@ class _Obj:
     def __init__(self, db: str, debug: bool) -> None:
         self.db = db
         self.debug = debug
+        # Only `migrate` and `demo` may create a SQLite file; every other command reads one.
+        self.may_create = False
         self._store: Store | None = None
 
     @property
     def store(self) -> Store:
         if self._store is None:
+            url = check_url(self.db)
+            path = sqlite_file(url)
+            if path is not None and not self.may_create and not path.exists():
+                raise InvalidArgument(
+                    f"no SQLite database at {path} (from --db {self.db}): the file does not "
+                    f"exist; create it with `statemachine --db {self.db} migrate`, or check "
+                    "--db / STATEMACHINE_DATABASE_URL")
             self._store = Store(self.db)
         return self._store
+
+    def close(self) -> None:
+        """Close the store's connections (when the command is done)."""
+        if self._store is not None:
+            self._store.dispose()
+            self._store = None
 
 
 def _import_app(spec: str) -> list[Any]:
@@ -111,6 +126,13 @@ def _machine(obj: _Obj, name: str, app: str | None) -> type[Machine]:
     return cls
 
 
+def _workflow_uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise WorkflowNotFound(f"{value!r} is not a workflow id (a UUID)") from None
+
+
 def _client(obj: _Obj, app: str | None = None) -> Client:
     machines = [m if isinstance(m, type) else type(m) for m in load_machines(app)] if app else []
     return Client(obj.store, machines)
@@ -126,12 +148,14 @@ def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.obj = _Obj(db or default_database_url(), debug)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @cli.command()
 @click.pass_obj
 def migrate(obj: _Obj) -> None:
     """Create or upgrade the sm_* tables (idempotent)."""
+    obj.may_create = True
     applied = obj.store.migrate()
     click.echo(f"applied {', '.join(applied)}" if applied else "schema is up to date")
 
@@ -144,15 +168,21 @@ def migrate(obj: _Obj) -> None:
 @click.option("--grace", default=30.0, show_default=True,
               help="Seconds in-flight handlers get to finish on SIGTERM/SIGINT.")
 @click.option("--name", default=None, help="Worker name in leases and history.")
+@click.option("--exit-if-unreachable", "exit_if_unreachable", type=float, default=None,
+              metavar="SECONDS",
+              help="Exit 1 once the database has been unreachable for this long (also at "
+                   "start). Default: keep waiting for it.")
 @click.pass_obj
 def worker(obj: _Obj, app: str, concurrency: int, lease: float, poll: float, grace: float,
-           name: str | None) -> None:
-    """Run workflows until SIGTERM/SIGINT."""
+           name: str | None, exit_if_unreachable: float | None) -> None:
+    """Run workflows until SIGTERM/SIGINT. Rides out database outages (logging when the
+    database goes away and comes back); exits 1 only if it cannot go on serving."""
     if not obj.debug:
         logging.getLogger("statemachine").setLevel(logging.INFO)
     machines, schedules = load_app(app)
     w = Worker(obj.store, machines, concurrency=concurrency, lease=lease,
-               poll_interval=poll, grace=grace, name=name, schedules=schedules)
+               poll_interval=poll, grace=grace, name=name, schedules=schedules,
+               exit_if_unreachable=exit_if_unreachable)
     click.echo(f"worker {w.name} running {', '.join(w.machines)} (Ctrl-C to stop)", err=True)
     w.run()
     if w.abandoned:
@@ -174,7 +204,7 @@ def start(obj: _Obj, machine: str, data: str, key: str | None, app: str | None) 
     """Start a workflow of MACHINE in its initial state; prints its id."""
     cls = _machine(obj, machine, app)
     fields = _json_option(data)
-    state = StateCodec(cls.spec).load(cls.spec.initial.__name__, fields)
+    state = StateCodec(cls.spec).load(state_name(cls.spec.initial), fields)
     click.echo(Client(obj.store, [cls]).start(cls, state, key=key))
 
 
@@ -191,31 +221,38 @@ def _when(value: Any) -> str:
 
 @cli.command("list")
 @click.option("--machine", default=None)
-@click.option("--status", default=None, type=click.Choice(
-    ["ready", "running", "waiting", "done", "failed", "cancelled"]))
+@click.option("--status", default=None, help="ready, running, waiting, done, failed, cancelled "
+              "(or any value a row holds).")
 @click.option("--state", default=None)
 @click.option("--limit", default=50, show_default=True)
 @click.pass_obj
 def list_(obj: _Obj, machine: str | None, status: str | None, state: str | None,
           limit: int) -> None:
-    """List workflows, newest first."""
-    infos = Client(obj.store).list(machine=machine, status=status, state=state, limit=limit)
-    _table([(i.id, i.machine, i.state_name, i.status, i.version, _when(i.updated_at),
-             (i.last_error or "")[:60]) for i in infos],
-           ["ID", "MACHINE", "STATE", "STATUS", "VERSION", "UPDATED", "LAST ERROR"])
+    """List workflows, newest first. A row that no worker could run or read (unknown status,
+    ready without wake_at, data that is not a JSON object) is listed with its PROBLEM."""
+    rows = raw_rows(obj.store, machine=machine, status=status, state=state, limit=limit)
+    _table([(r.id, r.machine, r.state, r.status, r.version, when(r.updated_at),
+             (r.last_error or "").split("\n")[0][:60], "; ".join(r.problems)[:80])
+            for r in rows],
+           ["ID", "MACHINE", "STATE", "STATUS", "VERSION", "UPDATED", "LAST ERROR", "PROBLEM"])
 
 
-def _show(info: WorkflowInfo) -> None:
-    fields = [("id", info.id), ("machine", info.machine), ("state", info.state_name),
-              ("status", info.status), ("version", info.version), ("attempt", info.attempt),
-              ("wake_at", _when(info.wake_at)), ("key", info.key), ("parent", info.parent_id),
-              ("lease_owner", info.lease_owner), ("created", _when(info.created_at)),
-              ("updated", _when(info.updated_at)), ("last_error", info.last_error),
-              ("load_error", info.load_error)]
+def _show_raw(row: RawRow, load_error: str | None) -> None:
+    fields = [("id", row.id), ("machine", row.machine), ("state", row.state),
+              ("status", row.status), ("version", row.version), ("attempt", row.attempt),
+              ("wake_at", when(row.wake_at)), ("key", row.key), ("parent", row.parent_id),
+              ("lease_owner", row.lease_owner), ("created", when(row.created_at)),
+              ("updated", when(row.updated_at)), ("last_error", row.last_error),
+              ("load_error", load_error)]
     for k, v in fields:
         if v not in (None, ""):
             click.echo(f"{k:12} {v}")
-    click.echo(f"{'data':12} {json.dumps(info.data, sort_keys=True)}")
+    for problem in row.problems:
+        click.echo(f"{'problem':12} {problem}")
+    data = row.data if not isinstance(row.data, bytes) else row.data.decode(errors="replace")
+    text = json.dumps(data, sort_keys=True) if not row.problems or isinstance(data, dict) \
+        else repr(data)
+    click.echo(f"{'data':12} {text}")
 
 
 @cli.command()
@@ -224,11 +261,21 @@ def _show(info: WorkflowInfo) -> None:
               help="module:attr of the machine, to check that the stored data loads.")
 @click.pass_obj
 def show(obj: _Obj, workflow_id: str, app: str | None) -> None:
-    """Show one workflow (with --app, also whether its data loads into its state class)."""
-    info = _client(obj, app).get(workflow_id)
-    if lookup_machine(info.machine) is None:  # not imported: nothing was checked, say nothing
-        info = attrs.evolve(info, load_error=None)
-    _show(info)
+    """Show one workflow (with --app, also whether its data loads into its state class).
+    A row that cannot be read or run is shown as stored, with its problems."""
+    client = _client(obj, app)
+    wid = str(_workflow_uuid(workflow_id))
+    found = raw_rows(obj.store, workflow_id=wid, limit=1)
+    if not found:
+        raise WorkflowNotFound(f"no workflow {wid}")
+    row = found[0]
+    load_error: str | None = None
+    if lookup_machine(row.machine) is not None and not row.problems:
+        try:  # the typed read: it decodes the row as the engine does
+            load_error = client.get(wid).load_error
+        except (StateMachineError, ValueError, TypeError) as e:
+            load_error = str(e)
+    _show_raw(row, load_error)
 
 
 @cli.command()
@@ -362,32 +409,49 @@ def graph(app: str, only: str | None) -> None:
               help="Also check finished workflows (done, failed, cancelled).")
 @click.pass_obj
 def check(obj: _Obj, app: str, include_finished: bool) -> None:
-    """Before a deploy: does every stored workflow (and pending event) still load with this
-    code? Lists each one that would not; exits 1 if any."""
+    """Before a deploy, or when work seems stuck: scans every unfinished workflow (and pending
+    event), known machine or not, for what no worker could run: unknown machines, unknown
+    statuses, ready rows without wake_at, data that is not JSON or does not fit its state class.
+    Prints each problem with a count and an example id; exits 1 if there is any."""
     machines = {m.spec.name: StateCodec(m.spec) for m in load_machines(app)}
-    statuses = ["ready", "running", "waiting"]
-    if include_finished:
-        statuses += ["done", "failed", "cancelled"]
-    # Lazily: `scan` reads the table in batches, however large it is.
-    stored = itertools.chain(
-        ((r.id, r.machine, r.status, partial(machines[r.machine].load, r.state, r.data,
-                                             workflow=r.id))
-         for r in obj.store.sql.scan(list(machines), statuses)),
-        ((e.workflow_id, e.machine, "event", partial(machines[e.machine].load_event, e.type,
-                                                     e.data, workflow=e.workflow_id))
-         for e in obj.store.sql.pending_events_of(list(machines))))
-    checked = bad = 0
-    for workflow_id, machine, what, load in stored:
+    store = obj.store
+    found = problems(store, list(machines))
+    # Data that SQL sees is fine must still load into its state class: grouped per state.
+    unfit: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    checked = 0
+    for row in scan_raw(store, list(machines), include_finished=include_finished):
+        checked += 1
+        if row.problems:
+            continue  # reported by `problems` above
+        try:
+            machines[row.machine].load(row.state, row.data, workflow=row.id)
+        except StateMachineError as error:
+            unfit.setdefault((row.machine, f"state {row.state}"), []).append(
+                (row.id, str(error)))
+    for ev in store.sql.pending_events_of(list(machines)):
         checked += 1
         try:
-            load()
-        except StateMachineError as e:
-            bad += 1
-            click.echo(f"{workflow_id}  {machine}  {what:8} {e}")
-    click.echo(f"checked {checked} stored states and events: "
-               + ("all load" if not bad else f"{bad} would not load"))
-    if bad:
-        raise SystemExit(1)
+            machines[ev.machine].load_event(ev.type, ev.data, workflow=ev.workflow_id)
+        except StateMachineError as error:
+            unfit.setdefault((ev.machine, f"event {ev.type}"), []).append(
+                (str(ev.workflow_id), str(error)))
+    for problem in found:
+        click.echo(problem.describe())
+    for (machine, what), bad in unfit.items():
+        example, message = bad[0]
+        message = message.removeprefix(f"workflow {example}: ")
+        rows = "1 workflow" if len(bad) == 1 else f"{len(bad)} workflows"
+        click.echo(f"{machine} {what} does not load: {rows} (e.g. {example}: {message})")
+    would_not_load = sum(len(b) for b in unfit.values())
+    total = sum(p.count for p in found) + would_not_load
+    if not total:
+        click.echo(f"checked {checked} stored states and events: all load")
+        return
+    kinds = len(found) + len(unfit)
+    click.echo(f"checked {checked} stored states and events: {would_not_load} would not load; "
+               f"{kinds} {'kind' if kinds == 1 else 'kinds'} of problem in {total} "
+               f"{'row' if total == 1 else 'rows'}")
+    raise SystemExit(1)
 
 
 @cli.command()
@@ -395,8 +459,9 @@ def check(obj: _Obj, app: str, include_finished: bool) -> None:
 @click.pass_obj
 def demo(obj: _Obj, orders: int) -> None:
     """Run the order demo (charge, ship, confirm; one declined card) to completion."""
-    from machines.order import FakePaymentGateway, Order, OrderPlaced
+    from ._demo import FakePaymentGateway, Order, OrderPlaced
 
+    obj.may_create = True
     store = obj.store
     store.migrate()
     click.echo(f"database: {obj.db}")
@@ -441,15 +506,23 @@ def _run(args: Sequence[str] | None) -> int:
     except click.ClickException as e:
         e.show()
         return e.exit_code
-    except (StateMachineError, ValueError, OSError) as e:
+    except Exception as e:
         if debug:
             raise
-        hint = ""
-        if any(s in str(e) for s in ("no such table", "no such column", "does not exist")):
-            hint = " (is the schema up to date? run `statemachine migrate`)"
-        click.echo(f"error: {e}{hint}", err=True)
+        click.echo(f"error: {describe(e, _db_of(args))}", err=True)
         return 1
     return 0
+
+
+def _db_of(args: Sequence[str] | None) -> str:
+    """The database URL the command line (or the environment) names, for error messages."""
+    argv = list(args) if args is not None else sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--db" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--db="):
+            return arg.removeprefix("--db=")
+    return default_database_url()
 
 
 def main(args: Sequence[str] | None = None) -> None:

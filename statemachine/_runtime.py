@@ -4,7 +4,14 @@ A `Worker` runs inside the application's process: `run()` blocks (and handles SI
 `start()`/`stop()` embed it. One claimer thread takes batches of due rows, a pool of handler threads
 runs them, and a heartbeat thread keeps the leases of in-flight workflows alive. When a commit
 yields a state that can run now, the same thread keeps the lease and runs it at once (sticky
-continuation: one round trip per transition).
+continuation: one round trip per transition). A sweeper thread notices events inserted by SQL,
+starts scheduled workflows and reports rows that can never be claimed.
+
+A worker never stops serving while its process lives: every round of every loop runs under a
+`Trouble` tracker (see `_health`) that logs a failure once, backs off (capped exponential with
+jitter) and tries again, whatever the exception. A thread that dies anyway is noticed by `run()`
+(and by `health()`), logged and restarted; when that keeps failing, `run()` raises instead of
+leaving a live process that does nothing.
 """
 
 from __future__ import annotations
@@ -19,15 +26,18 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from datetime import UTC, datetime
 from types import FrameType
 
 from ._clock import Clock
 from ._definition import Machine
+from ._health import Backoff, Reachability, Trouble, WorkerHealth, is_unreachable, one_line
 from ._runner import Loaded, Runner
 from ._schedules import Schedule, run_schedule
 from ._serde import StateCodec
 from ._store import Change, ClaimedRow, Store
-from .errors import StateMachineError
+from ._store._audit import unclaimable
+from .errors import DatabaseUnavailable, InvalidArgument, InvalidOperation
 
 __all__ = ["Worker"]
 
@@ -51,13 +61,22 @@ class Worker:
         name: str | None = None,
         on_change: Callable[[Change, int], None] | None = None,
         schedules: Iterable[Schedule] = (),
+        max_backoff: float = 10.0,
+        exit_if_unreachable: float | None = None,
+        audit_interval: float = 60.0,
     ) -> None:
         """`concurrency`: handlers run at once (threads). `lease`: seconds a claimed workflow is
         held before another worker may take it over (renewed while the handler runs).
         `poll_interval`: the longest wait between claims when idle (it shrinks when busy).
         `grace`: on stop, how long in-flight handlers may take to finish. `on_change` is called
         (in the handler's thread) with every change this worker commits and its new version.
-        `schedules` are checked every poll interval (any number of workers may share them)."""
+        `schedules` are checked every poll interval (any number of workers may share them).
+        `max_backoff`: the longest wait, in seconds, between tries of a loop that keeps failing
+        (from 0.1 s, doubling, with jitter). `exit_if_unreachable`: when the database has been
+        unreachable for this many seconds in a row, `run()` raises `DatabaseUnavailable` (so a
+        supervisor can restart the process or alert); by default the worker waits for ever.
+        `audit_interval`: how often (seconds) the worker looks for rows of its machines that can
+        never be claimed (unknown status, ready without wake_at) and logs them."""
         self.store = store
         self.machines: dict[str, Loaded] = {}
         for m in machines:
@@ -65,7 +84,7 @@ class Worker:
             spec = type(instance).spec
             self.machines[spec.name] = Loaded(instance, spec, StateCodec(spec))
         if not self.machines:
-            raise StateMachineError("a worker needs at least one machine")
+            raise InvalidArgument("a worker needs at least one machine")
         self.concurrency = concurrency
         self.lease = lease
         self.poll_interval = poll_interval
@@ -84,7 +103,21 @@ class Worker:
         self._stopped = threading.Event()
         self._hurry = threading.Event()  # a second signal: stop waiting for handlers
         self.abandoned = 0  # handlers still running when stop() gave their workflows back
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[str, threading.Thread] = {}
+        self._loops: dict[str, Callable[[], None]] = {
+            "sm-claimer": self._claim_loop, "sm-heartbeat": self._heartbeat,
+            "sm-sweeper": self._sweep_loop}
+        self._deaths: dict[str, list[float]] = {}  # thread name -> monotonic times it died
+        self._fatal: BaseException | None = None
+        self._last_death: BaseException | None = None
+        self.thread_restarts = 0
+        self.max_backoff = max_backoff
+        self.exit_if_unreachable = exit_if_unreachable
+        self.audit_interval = audit_interval
+        self.reachability = Reachability(self.name, log)
+        self._troubles = {name: self._trouble(name.removeprefix("sm-"))
+                          for name in (*self._loops, "sm-handler")}
+        self._last_claim_at: datetime | None = None
         self.schedules = list(schedules)
         self._names = list(self.machines)
         self.runner = Runner(
@@ -92,22 +125,96 @@ class Worker:
             sticky=lambda: self.sticky and not self._stopping.is_set(),
             extend_lease=self._extend_lease)
 
+    def _trouble(self, what: str) -> Trouble:
+        return Trouble(what, self.name, log, self.reachability,
+                       Backoff(initial=0.1, maximum=self.max_backoff))
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start claiming and running in background threads; returns at once."""
         if self._threads:
-            raise StateMachineError("worker already started")
+            raise InvalidOperation("worker already started")
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sm-handler")
         self.store.sql.subscribe(self.wake)
         subscribe = getattr(self.clock, "subscribe", None)
         if subscribe is not None:
             subscribe(self.wake)  # a test's FakeClock: claim as soon as time moves
-        for target, name in ((self._claim_loop, "sm-claimer"), (self._heartbeat, "sm-heartbeat")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        for name in self._loops:
+            self._start_thread(name)
         log.info("worker %s started: %s", self.name, ", ".join(self.machines))
+
+    def _start_thread(self, name: str) -> None:
+        t = threading.Thread(target=self._thread_main, args=(name,), name=name, daemon=True)
+        self._threads[name] = t
+        t.start()
+
+    def _thread_main(self, name: str) -> None:
+        """Run one loop. Each loop handles its own failures, so an exception that gets here is a
+        bug (or a BaseException): it is logged and kept, and `_supervise` restarts the thread."""
+        try:
+            self._loops[name]()
+        except BaseException as e:
+            self._deaths.setdefault(name, []).append(time.monotonic())
+            self._troubles[name].last_error = one_line(e)
+            self._last_death = e
+            log.critical("worker %s: thread %s died", self.name, name, exc_info=e)
+
+    def _supervise(self) -> None:
+        """Restart any loop thread that died (a bug: each loop catches its own failures); after
+        `_MAX_DEATHS` deaths of one thread within `_DEATH_WINDOW` seconds, or when a thread cannot
+        be started, the worker is failed: `run()` raises. Also enforces `exit_if_unreachable`."""
+        if self._stopping.is_set() or self._fatal is not None or not self._threads:
+            return
+        if (self.exit_if_unreachable is not None
+                and self.reachability.down_for() >= self.exit_if_unreachable):
+            self._fatal = DatabaseUnavailable(
+                f"worker {self.name}: the database has been unreachable for "
+                f"{self.reachability.down_for():.0f} s (exit_if_unreachable="
+                f"{self.exit_if_unreachable:g})")
+            log.error("%s; giving up", self._fatal)
+            return
+        for name, t in list(self._threads.items()):
+            if t.is_alive():
+                continue
+            now = time.monotonic()
+            recent = [d for d in self._deaths.get(name, []) if now - d < _DEATH_WINDOW]
+            self._deaths[name] = recent
+            if len(recent) >= _MAX_DEATHS:
+                self._fatal = self._last_death or InvalidOperation(f"thread {name} died")
+                log.error("worker %s: thread %s died %d times in %.0f s; giving up", self.name,
+                          name, len(recent), _DEATH_WINDOW)
+                return
+            log.error("worker %s: thread %s is not running (%s); restarting it", self.name, name,
+                      self._troubles[name].last_error)
+            try:
+                self._start_thread(name)
+            except Exception as e:  # e.g. "can't start new thread"
+                self._fatal = e
+                log.error("worker %s: cannot restart thread %s: %s; giving up", self.name, name,
+                          one_line(e))
+                return
+            self.thread_restarts += 1
+
+    def health(self) -> WorkerHealth:
+        """How this worker is doing now (cheap: no database call). Also restarts a loop thread
+        that died, as `run()` does: an embedding application that calls `start()` can call this
+        from its liveness probe."""
+        self._supervise()
+        threads = {name: t.is_alive() for name, t in self._threads.items()}
+        alive = bool(threads) and all(threads.values())
+        errors = [t.last_error for t in self._troubles.values() if t.last_error]
+        return WorkerHealth(
+            name=self.name,
+            serving=alive and not self._stopping.is_set() and self._fatal is None,
+            database_reachable=self.reachability.reachable,
+            unreachable_since=self.reachability.down_since,
+            last_claim_at=self._last_claim_at,
+            consecutive_failures=max(t.consecutive for t in self._troubles.values()),
+            threads=threads,
+            thread_restarts=self.thread_restarts,
+            transitions=self.transitions,
+            last_error=errors[-1] if errors else None)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop claiming, let in-flight handlers finish for up to `grace` seconds, then give back
@@ -121,8 +228,9 @@ class Worker:
         if unsubscribe is not None:
             unsubscribe(self.wake)
         deadline = time.monotonic() + grace
-        for t in self._threads[:1]:
-            t.join(max(0.0, deadline - time.monotonic()))
+        claimer = self._threads.get("sm-claimer")
+        if claimer is not None:
+            claimer.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             pending = set(self._futures)
         # Short slices, so that a second signal (`_hurry`) cuts the grace short.
@@ -134,15 +242,20 @@ class Worker:
                         self.name, self.abandoned)
         self._release_all()
         self._stopped.set()
-        for t in self._threads[1:]:
-            t.join(2.0)
+        for name, t in self._threads.items():
+            if name != "sm-claimer":
+                t.join(2.0)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped after %d transitions", self.name, self.transitions)
 
     def run(self, *, install_signal_handlers: bool = True) -> None:
         """Run until SIGTERM/SIGINT (or `stop()` from another thread). The first signal stops
-        gracefully (see `grace`); a second one gives back held work and returns at once."""
+        gracefully (see `grace`); a second one gives back held work and returns at once.
+
+        Raises (after stopping) when the worker cannot go on serving: a thread that keeps dying,
+        or `DatabaseUnavailable` once the database has been unreachable for
+        `exit_if_unreachable` seconds."""
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             def on_signal(signum: int, _frame: FrameType | None) -> None:
                 if self._stopping.is_set():
@@ -155,8 +268,12 @@ class Worker:
             signal.signal(signal.SIGINT, on_signal)
         self.start()
         while not self._stopping.wait(0.2):
-            pass
+            self._supervise()
+            if self._fatal is not None:
+                break
         self.stop()
+        if self._fatal is not None:
+            raise self._fatal
 
     def wake(self) -> None:
         """Claim now instead of at the next poll (called when work was started in-process)."""
@@ -174,16 +291,8 @@ class Worker:
     def _claim_loop(self) -> None:
         names = self._names
         idle_wait = self.min_poll_interval
-        last_sweep = 0.0
+        trouble = self._troubles["sm-claimer"]
         while not self._stopping.is_set():
-            if time.monotonic() - last_sweep >= self.poll_interval:
-                last_sweep = time.monotonic()
-                try:
-                    self.store.sql.notice_sql_events()
-                    for schedule in self.schedules:
-                        run_schedule(self.store, schedule)
-                except StateMachineError as e:
-                    log.warning("worker %s: event sweep or schedule failed: %s", self.name, e)
             with self._lock:
                 free = self.concurrency - len(self._futures)
             if free <= 0:
@@ -192,13 +301,14 @@ class Worker:
                 continue
             try:
                 rows = self.store.sql.claim(owner=self.name, machines=names, limit=free,
-                                        lease=self.lease)
-            except StateMachineError as e:
-                log.warning("worker %s: claim failed: %s", self.name, e)
-                rows = []
-                idle_wait = self.poll_interval
-            for row in rows:
-                self._submit(row)
+                                            lease=self.lease)
+                self._last_claim_at = datetime.now(UTC)
+                for row in rows:
+                    self._submit(row)
+            except Exception as e:
+                self._stopping.wait(trouble.failed(e))
+                continue
+            trouble.ok()
             if rows:
                 idle_wait = self.min_poll_interval
                 continue
@@ -208,6 +318,38 @@ class Worker:
             else:
                 idle_wait = self.min_poll_interval
             self._wake.clear()
+
+    def _sweep_loop(self) -> None:
+        """Every poll interval: notice events inserted by SQL and start due scheduled workflows;
+        every `audit_interval`: report rows of this worker's machines that cannot be claimed."""
+        trouble = self._troubles["sm-sweeper"]
+        last_audit = time.monotonic() - self.audit_interval + min(5.0, self.audit_interval)
+        reported: tuple[object, ...] = ()
+        reported_at = 0.0
+        wait = 0.0
+        while not self._stopping.wait(wait):
+            try:
+                if self.store.sql.notice_sql_events():
+                    self.wake()
+                for schedule in self.schedules:
+                    run_schedule(self.store, schedule)
+                if time.monotonic() - last_audit >= self.audit_interval:
+                    last_audit = time.monotonic()
+                    found = unclaimable(self.store, self._names)
+                    summary = tuple(found)
+                    # Said when it changes, and again every ten minutes while it lasts.
+                    if found and (summary != reported or time.monotonic() - reported_at >= 600):
+                        log.warning("worker %s: %s can never be claimed (see `statemachine "
+                                    "check`): %s", self.name,
+                                    _rows(sum(p.count for p in found)),
+                                    "; ".join(p.describe() for p in found))
+                        reported_at = time.monotonic()
+                    reported = summary
+            except Exception as e:
+                wait = trouble.failed(e)
+                continue
+            trouble.ok()
+            wait = self.poll_interval
 
     def _submit(self, row: ClaimedRow) -> None:
         assert self._executor is not None
@@ -224,27 +366,38 @@ class Worker:
 
     def _heartbeat(self) -> None:
         interval = max(0.05, self.lease / 3)
-        while not self._stopped.wait(interval):
-            with self._lock:
-                held = dict(self._inflight)
-            by_token: dict[tuple[str, float], list[uuid.UUID]] = {}
-            for wid, key in held.items():
-                by_token.setdefault(key, []).append(wid)
-            for (token, lease), ids in by_token.items():
-                try:
-                    kept = self.store.sql.renew_leases(ids, token, lease)
-                except StateMachineError as e:
-                    log.warning("worker %s: lease renewal failed: %s", self.name, e)
-                    continue
-                with self._lock:  # rows that finished since the snapshot are not lost
-                    lost = [i for i in set(ids) - kept
-                            if self._inflight.get(i, ("",))[0] == token]
-                for wid in lost:
-                    log.warning("worker %s: lost the lease of workflow %s", self.name, wid)
+        trouble = self._troubles["sm-heartbeat"]
+        wait = interval
+        while not self._stopped.wait(wait):
             try:
-                self.store.sql.renew_slots(list(held), self.lease)
-            except StateMachineError as e:
-                log.warning("worker %s: limit slot renewal failed: %s", self.name, e)
+                called = self._renew()
+            except Exception as e:
+                # Retry sooner than the interval (a lease may be about to run out), never later.
+                wait = min(interval, trouble.failed(e))
+                continue
+            if called:  # nothing held, nothing asked: says nothing about the database
+                trouble.ok()
+            wait = interval
+
+    def _renew(self) -> bool:
+        """Renew the lease of every workflow held, and the rate-limit slots they hold; False
+        when nothing was held (no database call)."""
+        with self._lock:
+            held = dict(self._inflight)
+        if not held:
+            return False
+        by_token: dict[tuple[str, float], list[uuid.UUID]] = {}
+        for wid, key in held.items():
+            by_token.setdefault(key, []).append(wid)
+        for (token, lease), ids in by_token.items():
+            kept = self.store.sql.renew_leases(ids, token, lease)
+            with self._lock:  # rows that finished since the snapshot are not lost
+                lost = [i for i in set(ids) - kept
+                        if self._inflight.get(i, ("",))[0] == token]
+            for wid in lost:
+                log.warning("worker %s: lost the lease of workflow %s", self.name, wid)
+        self.store.sql.renew_slots(list(held), self.lease)
+        return True
 
     def _release_all(self) -> None:
         with self._lock:
@@ -258,20 +411,27 @@ class Worker:
             try:
                 released = self.store.sql.release(ids, token)
                 log.info("worker %s: released %d workflows", self.name, released)
-            except StateMachineError as e:
-                log.warning("worker %s: release failed (leases will expire): %s", self.name, e)
+            except Exception as e:
+                log.warning("worker %s: release failed (leases will expire): %s", self.name,
+                            one_line(e))
 
     # -- running -----------------------------------------------------------------------------
 
     def _run_safely(self, row: ClaimedRow) -> None:
         current: ClaimedRow | None = row
+        trouble = self._troubles["sm-handler"]
         while current is not None:
             try:
                 self.runner.run(current)
-            except Exception:
-                # A bug or a database outage: the lease will expire and another attempt runs.
-                log.exception("worker %s: unexpected error running workflow %s", self.name,
-                              current.id)
+            except Exception as e:
+                # An outage or a bug: the lease expires and another attempt runs (the runner has
+                # already kept what it could). An outage is said once, by `reachability`.
+                if is_unreachable(e):
+                    self.reachability.lost(e)
+                else:
+                    trouble.last_error = one_line(e)
+                    log.exception("worker %s: unexpected error running workflow %s", self.name,
+                                  current.id)
             finally:
                 with self._lock:
                     self._inflight.pop(current.id, None)
@@ -284,10 +444,16 @@ class Worker:
             return None
         try:
             rows = self.store.sql.claim(owner=self.name, machines=self._names, limit=1,
-                                    lease=self.lease)
-        except StateMachineError as e:
-            log.warning("worker %s: claim failed: %s", self.name, e)
+                                        lease=self.lease)
+        except Exception as e:
+            # The claimer thread, with its backoff, is the one that retries.
+            if is_unreachable(e):
+                self.reachability.lost(e)
+            else:
+                log.warning("worker %s: claim failed: %s", self.name, one_line(e))
             return None
+        self.reachability.reached()
+        self._last_claim_at = datetime.now(UTC)
         if not rows:
             return None
         with self._lock:
@@ -303,3 +469,12 @@ class Worker:
     def transitions(self) -> int:
         """Changes this worker has committed."""
         return self.runner.transitions
+
+
+# A loop thread that dies this many times within this many seconds fails the worker.
+_MAX_DEATHS = 5
+_DEATH_WINDOW = 60.0
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"

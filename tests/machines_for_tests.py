@@ -16,14 +16,16 @@ from pathlib import Path
 
 import attrs
 
-from statemachine import Context, Machine, step
+from statemachine import Context, Machine, RetryPolicy, step
 
 __all__ = [
     "BLOCK_FILE",
     "Bulk",
     "Crashy",
+    "Effects",
     "Holding",
     "LongStep",
+    "Renamed",
     "SlowSteps",
     "marker_runs",
 ]
@@ -244,3 +246,101 @@ class Holding(Machine):
         while block.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         return H2(dir=state.dir, attempt=ctx.attempt)
+
+
+# -- outages and chaos: three steps, each making an effect recorded by idempotency key ------------
+#
+# E1 -> E2 -> E3 -> E4. Each handler first records its effect in the `effects` table of the
+# database named by EFFECTS_DSN (a libpq string), outside the engine's commit, keyed by
+# `ctx.idempotency_key`: a repeat of the same transition bumps `count` instead of adding a row. So
+# after a run, every committed transition must have its effect (at least once), and the counts
+# above 1 are the repeats at-least-once delivery allowed.
+
+EFFECTS_DSN = "SM_TEST_EFFECTS_DSN"
+EFFECT_SECONDS = "SM_TEST_EFFECT_SECONDS"
+EFFECTS_TABLE = """CREATE TABLE IF NOT EXISTS effects (
+    key text PRIMARY KEY, workflow_id uuid NOT NULL, step text NOT NULL, count int NOT NULL)"""
+
+
+@attrs.frozen
+class E1:
+    n: int
+
+
+@attrs.frozen
+class E2:
+    n: int
+
+
+@attrs.frozen
+class E3:
+    n: int
+
+
+@attrs.frozen
+class E4:
+    n: int
+
+
+def _effect(step_name: str, ctx: Context) -> None:
+    import psycopg  # only the workers that run Effects need it
+
+    with psycopg.connect(os.environ[EFFECTS_DSN], connect_timeout=5, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO effects (key, workflow_id, step, count) VALUES (%s, %s, %s, 1) "
+            "ON CONFLICT (key) DO UPDATE SET count = effects.count + 1",
+            (ctx.idempotency_key, ctx.workflow_id, step_name))
+    time.sleep(float(os.environ.get(EFFECT_SECONDS) or 0.0))
+
+
+# An outage makes effects and commits fail for a while: retry (briefly) for as long as it lasts.
+_OUTAGE_RETRY = RetryPolicy(max_attempts=10_000, initial_delay=0.05, max_delay=1.0)
+
+
+class Effects(Machine):
+    """Three steps, each an effect recorded by idempotency key (see above)."""
+
+    name = "proc_effects"
+    initial = E1
+    terminal = (E4,)
+
+    @step(retry=_OUTAGE_RETRY)
+    def first(self, state: E1, ctx: Context) -> E2:
+        _effect("E1", ctx)
+        return E2(n=state.n)
+
+    @step(retry=_OUTAGE_RETRY)
+    def second(self, state: E2, ctx: Context) -> E3:
+        _effect("E2", ctx)
+        return E3(n=state.n)
+
+    @step(retry=_OUTAGE_RETRY)
+    def third(self, state: E3, ctx: Context) -> E4:
+        _effect("E3", ctx)
+        return E4(n=state.n)
+
+
+# -- a state stored under another name than its class's: `statemachine start` must use it -------
+
+
+@attrs.frozen
+class Fresh:
+    __state_name__ = "Original"
+    n: int
+
+
+@attrs.frozen
+class Settled:
+    n: int
+
+
+class Renamed(Machine):
+    """One step from a state stored as ``Original`` (its class is called `Fresh`)."""
+
+    name = "proc_renamed"
+    initial = Fresh
+    terminal = (Settled,)
+
+    @step
+    def settle(self, state: Fresh, ctx: Context) -> Settled:
+        return Settled(n=state.n)

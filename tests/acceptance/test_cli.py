@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,8 +22,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import URL
 
 from statemachine import Client, Store, WorkflowInfo
+from tests.conftest import _drop_schema, _pg_schema_url
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).with_name("statemachine")
@@ -319,3 +322,110 @@ def test_database_url_from_environment(db_url: str, client: Client, tmp_path: Pa
     assert workflow_id in sm("list", db=None, cwd=tmp_path, env=env).stdout
     assert client.get(workflow_id).state_name == "OrderPlaced"
     assert not (tmp_path / "statemachine.db").exists()  # the default was not used
+
+
+# -- errors for people ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(("db", "fragments"), [
+    ("notaurl", ["--db notaurl", "not a database URL", "sqlite:///"]),
+    ("mysql://app@localhost/app", ["does not run on 'mysql'", "postgresql"]),
+    ("postgresql+psycopg2://app@localhost/app", ["driver 'psycopg2' is not installed",
+                                                 "postgresql+psycopg://"]),
+    ("sqlite://", ["needs a SQLite file"]),
+    ("unreachable", ["cannot reach the database", "127.0.0.1", "Connection refused"]),
+])
+def test_database_url_errors_are_one_line(db: str, fragments: list[str]) -> None:
+    if db == "unreachable":  # a port nobody listens on
+        db = f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/postgres"
+    for args in (("list",), ("migrate",)):
+        assert_one_line_error(sm(*args, db=db, expect=1), *fragments)
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = sm("--debug", "list", db="notaurl", expect=1)
+    assert "Traceback" in result.stderr
+    assert "InvalidArgument" in result.stderr
+
+
+def test_a_missing_postgresql_database_is_told_to_create_it(pg_database: URL) -> None:
+    name = f"sm_missing_{uuid.uuid4().hex[:8]}"
+    db = pg_database.set(database=name).render_as_string(hide_password=False)
+    result = sm("list", db=db, expect=1)
+    assert_one_line_error(result, f"database '{name}' does not exist", f"createdb {name}")
+    assert "migrate" not in result.stderr  # migrating cannot create a database
+
+
+def test_a_missing_sqlite_file_is_named_and_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.db"
+    db = "sqlite:///nowhere.db"  # relative: looked for in the command's directory
+    for args in (("list",), ("show", str(uuid.uuid4())), ("history", str(uuid.uuid4())),
+                 ("check", "--app", APP), ("start", "order", "--data", ORDER, "--app", APP),
+                 ("worker", "--app", APP)):
+        result = sm(*args, db=db, expect=1, cwd=tmp_path)
+        assert_one_line_error(result, str(path), "does not exist", "statemachine --db")
+    assert not path.exists()
+    assert "applied 0001" in sm("migrate", db=db, cwd=tmp_path).stdout  # migrate creates it
+    assert path.exists()
+
+
+def test_an_unmigrated_database_is_told_to_migrate(backend: str, tmp_path: Path,
+                                                   request: pytest.FixtureRequest) -> None:
+    if backend == "sqlite":
+        (tmp_path / "empty.db").touch()
+        db = f"sqlite:///{tmp_path / 'empty.db'}"
+    else:
+        database = request.getfixturevalue("pg_database")
+        url, schema = _pg_schema_url(database, serializable=backend == "postgres-serializable")
+        request.addfinalizer(lambda: _drop_schema(database, schema))
+        db = url.render_as_string(hide_password=False)
+    for args in (("list",), ("show", str(uuid.uuid4())), ("start", *start_args()[1:])):
+        assert_one_line_error(sm(*args, db=db, expect=1), "no statemachine tables",
+                              "run `statemachine migrate`")
+
+
+# -- the two bugs of issue 8 ---------------------------------------------------------------------
+
+
+def test_start_stores_the_state_name_not_the_class_name(db_url: str, client: Client) -> None:
+    workflow_id = started(sm("start", "proc_renamed", "--data", '{"n": 4}',
+                             "--app", "tests.machines_for_tests:Renamed", db=db_url))
+    info = client.get(workflow_id)
+    assert (info.state_name, info.data) == ("Original", {"n": 4})
+
+
+def test_demo_runs_from_an_installed_wheel(tmp_path: Path) -> None:
+    """Built and installed as a user would, run from a directory with no `machines/` in reach."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
+                    str(wheels), str(ROOT)], check=True, timeout=300, capture_output=True)
+    (wheel,) = wheels.glob("statemachine-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-deps", "--no-index",
+                    str(wheel)], check=True, timeout=300, capture_output=True)
+    # The dependencies come from this environment's site-packages, added as a plain directory
+    # (its .pth files, this checkout's editable install among them, are not processed).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "STATEMACHINE_DATABASE_URL", "VIRTUAL_ENV")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import statemachine; print(statemachine.__file__)"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, check=True, timeout=60)
+    assert where.stdout.startswith(str(venv)), where.stdout  # the wheel, not this checkout
+    demo = subprocess.run([str(venv / "bin" / "statemachine"), "--db", "sqlite:///demo.db",
+                           "demo"], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert demo.returncode == 0, demo.stderr
+    assert "OrderPlaced -> Charged" in demo.stdout
+    final = demo.stdout.split("final states:")[1]
+    assert "Confirmed" in final
+    assert "PaymentFailed" in final

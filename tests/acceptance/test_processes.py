@@ -11,10 +11,8 @@ Each worker's output goes to ``<tmp_path>/logs/<name>.log`` and is printed when 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -41,11 +39,10 @@ from tests.machines_for_tests import (
     SlowSteps,
     marker_runs,
 )
-from tests.procs import ProcessGroup
+from tests.procs import WorkerProcesses
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
@@ -61,51 +58,18 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-class Workers(ProcessGroup):
-    """Spawns `statemachine worker` processes; on exit kills any still running and, when the block
-    failed, prints every worker's output."""
+class Workers(WorkerProcesses):
+    """Worker processes on the test machines (`tests.machines_for_tests`), logging under
+    ``<tmp_path>/logs``; on exit any still running are killed and, when the block failed, every
+    worker's output is printed."""
 
     def __init__(self, db_url: str, tmp_path: Path) -> None:
-        self.db_url = db_url
-        self.log_dir = tmp_path / "logs"
-        self.log_dir.mkdir(exist_ok=True)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        super().__init__(db_url, tmp_path / "logs")
 
     def spawn(self, name: str, machine: str, *, lease: float = 1.0, poll: float = 0.05,
               grace: float = 5.0, concurrency: int = 4) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        env["PYTHONUNBUFFERED"] = "1"
-        env.pop("STATEMACHINE_DATABASE_URL", None)
-        cmd = [sys.executable, "-m", "statemachine", "--db", self.db_url, "worker",
-               "--app", f"tests.machines_for_tests:{machine}", "--name", name,
-               "--concurrency", str(concurrency), "--lease", str(lease), "--poll", str(poll),
-               "--grace", str(grace)]
-        with open(self.log_path(name), "ab") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs[name] = proc
-        return proc
-
-    def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
-
-    def log(self, name: str) -> str:
-        path = self.log_path(name)
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def wait_ready(self, *names: str, timeout: float = 30.0) -> None:
-        """Wait until each worker has loaded its machines and is about to claim."""
-        for name in names:
-            proc = self.procs[name]
-
-            def ready(name: str = name, proc: subprocess.Popen[bytes] = proc) -> bool:
-                if proc.poll() is not None:
-                    raise AssertionError(f"worker {name} exited with {proc.returncode} at start")
-                return f"worker {name} running" in self.log(name)
-
-            wait_until(ready, timeout, f"worker {name} to start")
-
+        return super().spawn(name, f"tests.machines_for_tests:{machine}", lease=lease,
+                             poll=poll, grace=grace, concurrency=concurrency)
 
 
 @pytest.fixture

@@ -1,0 +1,86 @@
+"""A worker never stops serving while its process lives: `Worker.health()` says how it is doing,
+and a loop thread that dies anyway is restarted, or, when it keeps dying, `run()` raises instead of
+leaving a live worker that does nothing. (Outages with real processes: tests/acceptance/
+test_outages.py.)"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from statemachine import Client, Store, Worker
+from tests.machines_for_tests import P1, Bulk
+from tests.waits import wait_until
+
+
+class ThreadKiller(BaseException):
+    """Not an Exception: gets past every loop's own error handling and kills the thread."""
+
+
+def _claims_that_die(store: Store, monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+    real = store.sql.claim
+    calls = {"n": 0}
+
+    def claim(**kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= times:
+            raise ThreadKiller("simulated bug in the claimer")
+        return real(**kwargs)
+
+    monkeypatch.setattr(store, "claim", claim)
+
+
+def test_health_of_a_serving_worker(store: Store) -> None:
+    client = Client(store, [Bulk])
+    with Worker(store, [Bulk()], poll_interval=0.05) as worker:
+        wid = client.start(Bulk, P1(n=1))
+        client.wait(wid, timeout=30)
+        health = worker.health()
+    assert health.serving
+    assert health.database_reachable
+    assert health.unreachable_since is None
+    assert health.last_claim_at is not None
+    assert health.consecutive_failures == 0
+    assert health.threads == {"sm-claimer": True, "sm-heartbeat": True, "sm-sweeper": True}
+    assert health.transitions == 3
+    assert not worker.health().serving  # stopped
+
+
+def test_a_claimer_thread_that_dies_is_restarted(store: Store,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _claims_that_die(store, monkeypatch, times=1)
+    worker = Worker(store, [Bulk()], poll_interval=0.05)
+    runner = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
+    runner.start()
+    try:
+        wait_until(lambda: worker.health().thread_restarts == 1, "the claimer to be restarted")
+        wid = Client(store, [Bulk]).start(Bulk, P1(n=2))
+        assert Client(store, [Bulk]).wait(wid, timeout=30).status == "done"
+        health = worker.health()
+        assert health.serving
+        assert "ThreadKiller" in (health.last_error or "")
+    finally:
+        worker.stop()
+        runner.join(30)
+
+
+def test_run_raises_when_a_thread_keeps_dying(store: Store,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _claims_that_die(store, monkeypatch, times=1000)
+    worker = Worker(store, [Bulk()], poll_interval=0.05)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(install_signal_handlers=False)
+        except ThreadKiller as e:
+            raised.append(e)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "run() kept going with a claimer that cannot live"
+    assert raised, "run() returned instead of raising"
+    assert not worker.health().serving
