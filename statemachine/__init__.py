@@ -5,6 +5,8 @@ state classes with one `step` handler per state, start workflows with a `Client`
 with a `Worker` inside your own process.
 """
 
+import inspect as _inspect
+
 from ._client import Client, HistoryEntry, WorkflowInfo
 from ._clock import Clock, SystemClock
 from ._context import Context
@@ -29,7 +31,9 @@ from ._runtime import Worker
 from ._schedules import Schedule
 from ._store import Store
 from .errors import (
+    DatabaseUnavailable,
     DataError,
+    InvalidArgument,
     InvalidDefinition,
     InvalidOperation,
     LeaseLost,
@@ -37,6 +41,7 @@ from .errors import (
     StateMachineError,
     StoreError,
     UnknownMachine,
+    UnknownState,
     WaitTimeout,
     WorkflowNotFound,
 )
@@ -47,9 +52,11 @@ __all__ = [
     "Clock",
     "Context",
     "DataError",
+    "DatabaseUnavailable",
     "Delayed",
     "Failure",
     "HistoryEntry",
+    "InvalidArgument",
     "InvalidDefinition",
     "InvalidOperation",
     "LeaseLost",
@@ -65,6 +72,7 @@ __all__ = [
     "StoreError",
     "SystemClock",
     "UnknownMachine",
+    "UnknownState",
     "WaitTimeout",
     "Worker",
     "WorkflowInfo",
@@ -80,3 +88,27 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def _present_as_public(namespace: dict[str, object]) -> None:
+    """Make every exported class and function say it lives here (``statemachine.Worker``, not
+    ``statemachine._runtime.Worker``), as httpx does: reprs, tracebacks and pickles then name the
+    public path, which stays put when private modules move.
+
+    A class's string annotations (``from __future__ import annotations``) are resolved against
+    its defining module's namespace first: `typing.get_type_hints` (and so attrs and cattrs) look
+    them up through ``__module__``, which from now on names this package."""
+    for name in __all__:
+        obj = namespace[name]
+        module = getattr(obj, "__module__", "")
+        if not module.startswith(__name__ + "."):
+            continue  # not defined in this package: not ours to rename
+        if isinstance(obj, type):
+            try:
+                obj.__annotations__ = _inspect.get_annotations(obj, eval_str=True)
+            except NameError:  # a type-checking-only name: it did not resolve before, either
+                pass
+        obj.__module__ = __name__
+
+
+_present_as_public(globals())

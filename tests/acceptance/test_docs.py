@@ -18,6 +18,7 @@ What is checked, and against what (never against a copy of the docs' own lists):
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import threading
@@ -33,7 +34,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, select
 
 import statemachine
-from statemachine import Client, Store, Worker, testing
+from statemachine import Client, Store, Worker, errors, testing
 from statemachine import _schema as schema
 from statemachine._cli import cli
 from statemachine.testing import FakeClock
@@ -133,6 +134,89 @@ def mentions(text: str, name: str) -> bool:
 @pytest.mark.parametrize("name", sorted({*statemachine.__all__, *testing.__all__}))
 def test_every_public_name_is_in_the_api_reference(name: str) -> None:
     assert mentions(API, name), f"docs/reference/api.md does not mention `{name}`"
+
+
+# -- the errors ----------------------------------------------------------------------------------
+
+TREE_LINE = re.compile(r"^(?P<indent>(?:[│ ] {3}|[├└]── )*)(?P<name>[A-Z]\w*)(?: +(?P<what>.+))?$")
+
+
+def error_tree(block: str) -> list[tuple[str, str | None, str]]:
+    """(class, parent, description) for each line of a drawn tree of errors, in order."""
+    tree: list[tuple[str, str | None, str]] = []
+    path: list[str] = []
+    for line in block.strip("\n").splitlines():
+        m = TREE_LINE.match(line)
+        assert m, f"not a line of the errors tree: {line!r}"
+        depth = len(m.group("indent")) // 4
+        del path[depth:]
+        tree.append((m.group("name"), path[-1] if path else None, m.group("what") or ""))
+        path.append(m.group("name"))
+    return tree
+
+
+def docstring_tree() -> str:
+    """The tree drawn in the docstring of statemachine.errors (its indented lines)."""
+    doc = errors.__doc__ or ""
+    block = re.search(r"\n\n((?:    .*\n)+)", doc)
+    assert block, "statemachine/errors.py: its docstring draws no tree of errors"
+    return "\n".join(line[4:] for line in block.group(1).splitlines())
+
+
+def reference_tree() -> str:
+    body = sections(API, 2)["Errors"]
+    block = re.search(r"^```text\n(.*?)^```", body, re.M | re.S)
+    assert block, "docs/reference/api.md: the Errors section draws no tree of errors"
+    return block.group(1)
+
+
+LIBRARY_ERRORS = [getattr(errors, n) for n in errors.__all__
+                  if issubclass(getattr(errors, n), errors.StateMachineError)]
+
+
+def test_the_errors_tree_is_the_same_in_the_docstring_and_the_reference() -> None:
+    assert error_tree(reference_tree()) == error_tree(docstring_tree())
+
+
+def test_the_errors_tree_is_the_class_hierarchy() -> None:
+    tree = error_tree(reference_tree())
+    assert sorted(name for name, _, _ in tree) == sorted(c.__name__ for c in LIBRARY_ERRORS)
+    for name, parent, _ in tree:
+        cls = getattr(errors, name)
+        bases = [b.__name__ for b in cls.__bases__ if issubclass(b, errors.StateMachineError)]
+        assert bases == ([parent] if parent else []), f"{name}: drawn under {parent}, is {bases}"
+
+
+@pytest.mark.parametrize("name", errors.__all__)
+def test_every_error_class_has_a_docstring(name: str) -> None:
+    assert (vars(getattr(errors, name)).get("__doc__") or "").strip(), (
+        f"statemachine.errors.{name} has no docstring of its own")
+
+
+def documented_error_fields() -> dict[str, set[str]]:
+    """The fields table of the Errors section: error class -> the fields its row lists."""
+    body = sections(API, 2)["Errors"]
+    fields: dict[str, set[str]] = {}
+    for names, listed in re.findall(r"^\| (`[^|]*`[^|]*) \| ([^|]*) \|$", body, re.M):
+        for name in re.findall(r"`(\w+)`", names):
+            fields.setdefault(name, set()).update(re.findall(r"`(\w+)`", listed))
+    return fields
+
+
+@pytest.mark.parametrize("cls", LIBRARY_ERRORS, ids=lambda c: c.__name__)
+def test_the_reference_lists_the_fields_of_each_error(cls: type[Exception]) -> None:
+    """A row names a class and the fields it adds; every class has those of its ancestors."""
+    table = documented_error_fields()
+    assert table, "docs/reference/api.md: no table of error fields"
+    assert set(table) <= {c.__name__ for c in LIBRARY_ERRORS}, set(table)
+    documented = set().union(*(table.get(c.__name__, set()) for c in cls.__mro__))
+    error = cls()
+    for field in sorted(documented):
+        assert hasattr(error, field), f"{cls.__name__} has no attribute {field}"
+        assert getattr(error, field) is None
+    init = inspect.signature(cls.__init__).parameters.values()
+    takes = {p.name for p in init if p.kind is p.KEYWORD_ONLY}
+    assert takes <= documented, f"{cls.__name__} takes {takes - documented}, undocumented"
 
 
 def cli_sections() -> dict[str, str]:

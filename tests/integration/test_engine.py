@@ -18,12 +18,15 @@ from statemachine import (
     Client,
     Context,
     Failure,
+    InvalidArgument,
     InvalidOperation,
     Machine,
     PermanentError,
     RetryPolicy,
     Store,
+    UnknownMachine,
     Worker,
+    WorkflowNotFound,
     step,
 )
 from statemachine._schema import history, workflows
@@ -686,3 +689,98 @@ def test_serialization_failures_on_commit_are_retried_transparently(
         calls = conn.execute(text("SELECT last_value FROM sm_test_inject_calls")).scalar_one()
     # Every transition insert asked the trigger; the first ones were refused.
     assert calls == INJECTED_FAILURES + 3
+
+
+# -- the client's errors, and what it closes -----------------------------------------------------
+
+
+def test_client_errors_carry_the_workflow_state_and_status(store: Store) -> None:
+    client = Client(store, [Sync, Chain])
+    wid = client.start(Sync, Syncing(account="a"))
+
+    missing = uuid.uuid4()
+    with pytest.raises(WorkflowNotFound) as not_found:
+        client.get(missing)
+    assert not_found.value.workflow_id == missing
+    with pytest.raises(WorkflowNotFound) as no_history:
+        client.history(missing)
+    assert no_history.value.workflow_id == missing
+
+    with pytest.raises(InvalidOperation, match="ready") as refused:
+        client.retry(wid)
+    assert (refused.value.workflow_id, refused.value.state, refused.value.status) == (
+        wid, "Syncing", "ready")
+    with pytest.raises(InvalidOperation, match="not parked") as unresolved:
+        client.resolve(wid)
+    assert (unresolved.value.workflow_id, unresolved.value.status) == (wid, "ready")
+
+    with pytest.raises(InvalidArgument, match="starts in Syncing, not Step1") as wrong_start:
+        client.start(Sync, Step1(n=0))
+    assert isinstance(wrong_start.value, ValueError)
+    assert wrong_start.value.state == "Step1"
+    with pytest.raises(InvalidArgument, match="starts in Syncing"):
+        client.start_many(Sync, [Syncing(account="b"), Step1(n=0)])
+    assert [i.id for i in client.list(machine=Sync.name)] == [wid]  # nothing of the bulk started
+
+    client.cancel(wid)
+    with pytest.raises(InvalidOperation, match="accepts no more events") as finished:
+        client.send(wid, Step1(n=0))
+    assert (finished.value.workflow_id, finished.value.status) == (wid, "cancelled")
+
+
+def test_client_names_a_machine_it_does_not_know(store: Store) -> None:
+    wid, _ = store.sql.insert_workflow(machine="engine_never_defined", state="Begun", data={})
+    client = Client(store)
+    info = client.get(wid)
+    assert info.state is None
+    assert "engine_never_defined is not known" in (info.load_error or "")
+    for call in (lambda: client.send(wid, Step1(n=0)),
+                 lambda: client.send_data(wid, "Step1", {"n": 0}),
+                 lambda: client.force(wid, Step1(n=0))):
+        with pytest.raises(UnknownMachine, match="engine_never_defined") as unknown:
+            call()
+        assert (unknown.value.machine, unknown.value.workflow_id) == ("engine_never_defined", wid)
+
+
+def test_forcing_a_state_of_another_machine_names_both(store: Store) -> None:
+    client = Client(store, [Sync, Chain])
+    wid = client.start(Sync, Syncing(account="a"))
+    with pytest.raises(InvalidArgument) as other:
+        client.force(wid, Step2(n=1))
+    message = str(other.value)
+    assert "Step2 is a state of machine engine_chain, not machine engine_sync" in message
+    assert "its states: Synced, Syncing" in message
+    assert isinstance(other.value, ValueError)
+    assert other.value.workflow_id == wid
+
+    @attrs.frozen
+    class Stray:
+        n: int
+
+    with pytest.raises(InvalidArgument, match="Stray is not a state of machine engine_sync"):
+        client.force(wid, Stray(n=1))
+    assert [h.kind for h in client.history(wid)] == ["start"]  # nothing was forced
+
+
+def pooled(store: Store) -> int:
+    """Connections the store's pools hold open now."""
+    return sum(engine.pool.checkedin() for engine in store.engines)
+
+
+def test_a_client_closes_the_store_it_opened_and_only_that(db_url: str, store: Store) -> None:
+    with Client(db_url, machines=[Sync]) as client:
+        wid = client.start(Sync, Syncing(account="a"))
+        assert client.get(wid).state == Syncing(account="a")
+        opened = client.store
+        assert pooled(opened) >= 1
+    assert pooled(opened) == 0
+
+    given = Client(store, [Sync])
+    assert given.get(wid).state == Syncing(account="a")
+    held = pooled(store)
+    assert held >= 1
+    given.close()
+    with given:
+        pass
+    assert pooled(store) == held  # the caller's store: still open, still pooled
+    assert given.get(wid).status == "ready"
