@@ -30,6 +30,7 @@ from statemachine import (
     step,
 )
 from statemachine._schema import history, workflows
+from tests.claims import ClaimLog
 from tests.conftest import POSTGRES_BACKENDS
 
 FAST = dict(poll_interval=0.05, min_poll_interval=0.01)
@@ -313,9 +314,10 @@ def test_retry_of_a_workflow_that_is_not_parked_is_refused(store: Store) -> None
     assert client.history(wid) == before
 
 
-def test_cancel(store: Store) -> None:
+def test_cancel(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     machine = Sync()
     client = Client(store, [Sync])
+    claims = ClaimLog(store, monkeypatch)
     ready = client.start(Sync, Syncing(account="ready"))
 
     client.cancel(ready, reason="customer asked")
@@ -335,7 +337,9 @@ def test_cancel(store: Store) -> None:
         machine.broken = False
         done = client.start(Sync, Syncing(account="done"))
         assert client.wait(done, timeout=10).status == "done"
-        time.sleep(0.2)  # a cancelled workflow is never claimed again
+        # The worker has looked for work since: a cancelled workflow is never claimed again.
+        taken = claims.claims_since(claims.mark(), claims=2)
+    assert not taken & {ready, parked}
     assert machine.calls == calls + 1
     assert client.get(ready).status == "cancelled"
 
