@@ -68,6 +68,14 @@ class ClaimLog:
 
         return set().union(*wait_until(done, f"{claims} claim(s) after the mark"))
 
+    def wait_claimed(self, mark: int, workflow_id: uuid.UUID) -> None:
+        """Wait until a claim that began after `mark` took `workflow_id`."""
+        def taken() -> bool:
+            with self._lock:
+                return any(workflow_id in ids for call, ids in self._claims if call > mark)
+
+        wait_until(taken, f"a worker to claim workflow {workflow_id}")
+
     def sweeps_since(self, mark: int, threads: int) -> None:
         """Wait until each of `threads` claiming threads has finished a sweep (events, then
         schedules) that began after `mark`: it has begun another one since."""

@@ -24,10 +24,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -38,6 +38,7 @@ from statemachine import Client, Store, Worker, errors, testing
 from statemachine import _schema as schema
 from statemachine._cli import cli
 from statemachine.testing import FakeClock
+from tests.claims import ClaimLog
 from tests.docs_examples import (
     MONTHLY_BILLING,
     Accounts,
@@ -53,12 +54,12 @@ from tests.docs_examples import (
     Trial,
     TrialRequested,
 )
+from tests.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 REFERENCE = ROOT / "docs" / "reference"
 EXAMPLE_ID = "1e0f5b8a-7c2d-4e3f-9a1b-2c3d4e5f6a7b"  # the id the docs' SQL uses
-T = TypeVar("T")
 
 
 # -- reading Markdown ----------------------------------------------------------------------------
@@ -351,17 +352,6 @@ def test_side_effects_quotes_the_checkout_reconcile_as_it_is() -> None:
 FAST: dict[str, Any] = dict(concurrency=8, poll_interval=0.05)
 
 
-def wait_for(fn: Callable[[], T], what: str, timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (saw {value!r})")
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2030, 1, 15, 9, 0, tzinfo=UTC))
@@ -385,11 +375,11 @@ def test_trial_ends_with_the_event_it_waits_for(faked: Store, clock: FakeClock) 
     client = Client(faked, [Trial])
     with Worker(faked, [Trial(accounts)], **FAST):
         wid = client.start(Trial, TrialRequested("acct_1"))
-        wait_for(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
+        wait_until(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
         assert client.get(wid).state == OnTrial("acct_1", clock.now() + timedelta(days=14))
         assert client.get(wid).wake_at == clock.now() + timedelta(days=14)  # the deadline
         client.send(wid, PlanChosen("pro"))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
     assert info.state == Subscribed("acct_1", "pro")
     assert [h.kind for h in client.history(wid)] == ["start", "transition", "transition"]
     assert (client.history(wid)[-1].cause or "").startswith("event PlanChosen ")
@@ -400,14 +390,14 @@ def test_trial_times_out_then_sleeps_thirty_days(faked: Store, clock: FakeClock)
     client = Client(faked, [Trial])
     with Worker(faked, [Trial(accounts)], **FAST):
         wid = client.start(Trial, TrialRequested("acct_2"))
-        wait_for(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
+        wait_until(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
         clock.advance(days=14)
-        wait_for(lambda: in_state(client, wid, "PurgeDue", "ready"), "the 30-day timer")
+        wait_until(lambda: in_state(client, wid, "PurgeDue", "ready"), "the 30-day timer")
         sleeping = client.get(wid)
         assert sleeping.wake_at == clock.now() + timedelta(days=30)
         assert sleeping.lease_owner is None  # asleep in the database, held by no worker
         clock.advance(days=30)
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
     assert info.state == Purged("acct_2")
     assert accounts.purged == ["acct_2"]
     assert [(h.kind, h.to_state) for h in client.history(wid)] == [
@@ -422,10 +412,10 @@ def test_closing_the_account_cancels_through_the_cancel_route(faked: Store) -> N
     client = Client(faked, [Trial])
     with Worker(faked, [Trial(accounts)], **FAST):
         wid = client.start(Trial, TrialRequested("acct_3"))
-        wait_for(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
+        wait_until(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
         assert client.cancel(wid, reason="support: ticket 7, customer closed the account") \
             == "requested"
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
     assert (info.status, info.state) == ("done", Purged("acct_3"))
     assert accounts.purged == ["acct_3"]
     cancel = next(h for h in client.history(wid) if h.kind == "cancel")
@@ -441,10 +431,10 @@ def test_the_guides_sql_insert_sends_an_event(faked: Store, db_url: str) -> None
     try:
         with Worker(faked, [Trial()], **FAST):
             wid = client.start(Trial, TrialRequested("acct_4"))
-            wait_for(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
+            wait_until(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
             with engine.connect() as conn:
                 conn.exec_driver_sql(insert.replace(EXAMPLE_ID, str(wid)))
-            info = client.wait(wid, timeout=10)
+            info = client.wait(wid, timeout=60)
     finally:
         engine.dispose()
     assert info.state == Subscribed("acct_4", "pro")
@@ -489,7 +479,7 @@ def test_billing_batch_bills_every_customer_under_the_limit(store: Store) -> Non
     client = Client(store, [BillingBatch, CustomerBilling])
     with Worker(store, [BillingBatch(lambda period: customers), billing], **FAST):
         wid = client.start(BillingBatch, BillingDue("2030-01"))
-        info = client.wait(wid, timeout=30)
+        info = client.wait(wid, timeout=60)
     assert info.state == BillingDone("2030-01", billed=23, failed=("cus_07",))
     assert provider.peak <= 4  # PAYMENTS_API: 4 at once, across the worker's 8 threads
     children = {c.data["customer_id"]: c for c in store.sql.children_of(wid)}
@@ -509,9 +499,12 @@ def test_billing_batch_bills_every_customer_under_the_limit(store: Store) -> Non
     assert "PermanentError: 422 account closed" in (closed.last_error or "")
 
 
-def test_the_monthly_schedule_starts_one_batch_per_tick(db_url: str) -> None:
+def test_the_monthly_schedule_starts_one_batch_per_tick(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock(datetime(2030, 1, 31, 12, 0, tzinfo=UTC))
     store = Store(db_url, clock=clock)
+    claims = ClaimLog(store, monkeypatch)
     try:
         client = Client(store, [BillingBatch])
         workers = [Worker(store, [BillingBatch(), CustomerBilling()], schedules=[MONTHLY_BILLING],
@@ -520,13 +513,14 @@ def test_the_monthly_schedule_starts_one_batch_per_tick(db_url: str) -> None:
             w.start()
         try:
             # First seen now: the schedule starts from this moment, nothing before it.
-            wait_for(lambda: MONTHLY_BILLING.name in store.sql.schedule_ticks(), "the first sweep")
+            wait_until(lambda: MONTHLY_BILLING.name in store.sql.schedule_ticks(),
+                       "the first sweep")
             clock.set(datetime(2030, 2, 1, 5, 0, 30, tzinfo=UTC))  # 06:00:30 in Berlin
             key = "schedule:monthly-billing:2030-02-01T05:00:00+00:00"
-            batch = wait_for(lambda: [i for i in client.list(machine="billing_batch")
+            batch = wait_until(lambda: [i for i in client.list(machine="billing_batch")
                                       if i.key == key], "the tick's batch")
-            info = client.wait(batch[0].id, timeout=10)
-            time.sleep(0.3)  # every worker has swept the schedule again meanwhile
+            info = client.wait(batch[0].id, timeout=60)
+            claims.sweeps_since(claims.mark(), threads=len(workers))  # each swept it again
         finally:
             for w in workers:
                 w.stop()
