@@ -3,6 +3,9 @@
 What is checked, and against what (never against a copy of the docs' own lists):
 - every name in ``statemachine.__all__`` and ``statemachine.testing.__all__`` appears in
   docs/reference/api.md;
+- the tree of errors drawn in the docstring of ``statemachine.errors`` and in the reference's
+  Errors section is one tree, and it is the class hierarchy; every error class has a docstring;
+  the reference's table of error fields lists what each error carries and takes;
 - every command of the `statemachine` CLI (``statemachine._cli.cli.commands``) has its section in
   docs/reference/cli.md, naming each of its options, and every section there is a real command;
 - every table and column of ``statemachine._schema.metadata`` is in docs/reference/schema.md, under

@@ -100,14 +100,14 @@ def _run(store: Store, start: EdgeFanOut) -> tuple[Client, object]:
 def test_a_child_parked_in_doubt_wakes_its_parent(store: Store) -> None:
     client, wid = _run(store, EdgeFanOut(jobs=2, fail_first=True))
     with Worker(store, [EdgeParent, EdgeChild], poll_interval=0.05):
-        info = client.wait(wid, timeout=15)  # type: ignore[arg-type]
+        info = client.wait(wid, timeout=60)  # type: ignore[arg-type]
     assert info.state == EdgeCollected(("failed", "done"))
 
 
 def test_children_still_queued_when_the_parent_moves_on_run_anyway(store: Store) -> None:
     client, wid = _run(store, EdgeFanOut(jobs=3, wait_first=True))
     with Worker(store, [EdgeParent, EdgeChild], poll_interval=0.05):
-        info = client.wait(wid, timeout=15)  # type: ignore[arg-type]
+        info = client.wait(wid, timeout=60)  # type: ignore[arg-type]
         assert info.state == EdgeCollected(("done",))
 
         def children_done() -> list[WorkflowInfo]:
@@ -122,7 +122,7 @@ def test_children_still_queued_when_the_parent_moves_on_run_anyway(store: Store)
 def test_a_child_key_already_used_parks_the_parent_with_the_reason(store: Store) -> None:
     client, wid = _run(store, EdgeFanOut(jobs=2, key="same-key"))
     with Worker(store, [EdgeParent, EdgeChild], poll_interval=0.05):
-        info = client.wait(wid, timeout=15)  # type: ignore[arg-type]
+        info = client.wait(wid, timeout=60)  # type: ignore[arg-type]
     assert info.status == "failed"
     assert info.state_name == "EdgeFanOut"
     assert info.last_error is not None
@@ -189,6 +189,6 @@ def test_wake_ups_without_news_do_not_use_up_attempts(
             claims.wait_claimed(mark, wid)
             wait_until(lambda: client.get(wid).status == "waiting", "it to wait again")
         client.send(wid, Go())  # fails once, retried within its 2 attempts
-        info = client.wait(wid, timeout=15)
+        info = client.wait(wid, timeout=60)
     assert info.state == Heard(1)
     assert FLAKY[str(wid)] == 2

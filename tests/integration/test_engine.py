@@ -118,7 +118,7 @@ def test_transient_error_is_retried_with_backoff(store: Store) -> None:
     client = Client(store, [FlakyFetch])
     with Worker(store, [machine], **FAST):
         wid = client.start(FlakyFetch, Fetching(fail_times=2))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
 
     assert info.status == "done"
     assert info.state == Fetched(attempts=3)
@@ -205,7 +205,7 @@ def test_permanent_error_takes_the_error_route_at_once(store: Store, mode: str,
     client = Client(store, [Payment])
     with Worker(store, [machine], **FAST):
         wid = client.start(Payment, Paying(mode=mode))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
 
     assert machine.calls == 1
     assert info.status == "done"
@@ -223,7 +223,7 @@ def test_exhausted_retries_take_the_error_route(store: Store) -> None:
     client = Client(store, [Payment])
     with Worker(store, [machine], **FAST):
         wid = client.start(Payment, Paying(mode="transient"))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
 
     assert machine.calls == 2
     assert info.state == Refused(reason="Flaky: gateway timeout", attempt=2, permanent=False)
@@ -269,7 +269,7 @@ def test_exhausted_retries_park_and_retry_resumes(store: Store) -> None:
     client = Client(store, [Sync])
     with Worker(store, [machine], **FAST):
         wid = client.start(Sync, Syncing(account="acme"))
-        parked = client.wait(wid, timeout=10)
+        parked = client.wait(wid, timeout=60)
 
         assert parked.status == "failed"
         assert parked.state_name == "Syncing"
@@ -286,7 +286,7 @@ def test_exhausted_retries_park_and_retry_resumes(store: Store) -> None:
 
         machine.broken = False
         client.retry(wid)
-        done = client.wait(wid, timeout=10)
+        done = client.wait(wid, timeout=60)
 
     assert done.status == "done"
     # Resumed from the same state with a fresh set of attempts.
@@ -307,7 +307,7 @@ def test_retry_of_a_workflow_that_is_not_parked_is_refused(store: Store) -> None
     with pytest.raises(InvalidOperation, match="ready"):
         client.retry(wid)
     with Worker(store, [machine], **FAST):
-        assert client.wait(wid, timeout=10).status == "done"
+        assert client.wait(wid, timeout=60).status == "done"
     before = client.history(wid)
     with pytest.raises(InvalidOperation, match="done"):
         client.retry(wid)
@@ -328,7 +328,7 @@ def test_cancel(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
 
     with Worker(store, [machine], **FAST):
         parked = client.start(Sync, Syncing(account="parked"))
-        assert client.wait(parked, timeout=10).status == "failed"
+        assert client.wait(parked, timeout=60).status == "failed"
         calls = machine.calls
         client.cancel(parked)
         assert client.get(parked).status == "cancelled"
@@ -336,7 +336,7 @@ def test_cancel(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
 
         machine.broken = False
         done = client.start(Sync, Syncing(account="done"))
-        assert client.wait(done, timeout=10).status == "done"
+        assert client.wait(done, timeout=60).status == "done"
         # The worker has looked for work since: a cancelled workflow is never claimed again.
         taken = claims.claims_since(claims.mark(), claims=2)
     assert not taken & {ready, parked}
@@ -401,7 +401,7 @@ def test_state_forced_by_sql_is_picked_up(store: Store) -> None:
     version = force_by_sql(store, wid, "Review", {"amount": 7, "note": "manual"})
 
     with Worker(store, [machine], **FAST):
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
 
     assert info.status == "done"
     assert info.state == Settled(amount=7, via="review:manual")
@@ -420,7 +420,7 @@ def test_forced_terminal_state_is_finished(store: Store) -> None:
     wid = client.start(Billing, Invoice(amount=5))
     force_by_sql(store, wid, "Settled", {"amount": 0, "via": "operator"})
     with Worker(store, [Billing()], **FAST):
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
     assert info.status == "done"
     assert info.state == Settled(amount=0, via="operator")
     assert [h.kind for h in client.history(wid)][:2] == ["start", "external_change"]
@@ -434,9 +434,9 @@ def test_forced_data_that_does_not_fit_parks_only_that_workflow(store: Store) ->
     force_by_sql(store, bad, "Review", {"amount": "ten", "note": "manual"})
 
     with Worker(store, [machine], **FAST):
-        parked = client.wait(bad, timeout=10)
+        parked = client.wait(bad, timeout=60)
         after = [client.start(Billing, Invoice(amount=i)) for i in range(3)]
-        others = [client.wait(w, timeout=10) for w in before + after]
+        others = [client.wait(w, timeout=60) for w in before + after]
 
     assert parked.status == "failed"
     assert parked.state_name == "Review"
@@ -455,8 +455,8 @@ def test_forced_unknown_state_parks_readably(store: Store) -> None:
     wid = client.start(Billing, Invoice(amount=5))
     force_by_sql(store, wid, "Refunded", {"amount": 5})
     with Worker(store, [Billing()], **FAST):
-        info = client.wait(wid, timeout=10)
-        ok = client.wait(client.start(Billing, Invoice(amount=1)), timeout=10)
+        info = client.wait(wid, timeout=60)
+        ok = client.wait(client.start(Billing, Invoice(amount=1)), timeout=60)
     assert info.status == "failed"
     assert info.last_error is not None
     assert str(wid) in info.last_error
@@ -470,7 +470,7 @@ def test_handler_returning_an_undeclared_state_parks(store: Store, route: str,
     client = Client(store, [Billing])
     with Worker(store, [Billing()], **FAST):
         wid = client.start(Billing, Invoice(amount=5, route=route))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
     assert info.status == "failed"
     assert info.state_name == "Invoice"  # nothing of the bad result was committed
     assert info.last_error is not None
@@ -534,9 +534,9 @@ def test_forced_state_wins_over_the_in_flight_handler(store: Store, concurrency:
         assert client.get(wid).status == "running"
         force_by_sql(store, wid, "Overridden", {"n": 42})
         if concurrency == 2:
-            assert client.wait(wid, timeout=10).state == Finished(via="override:42")
+            assert client.wait(wid, timeout=60).state == Finished(via="override:42")
         machine.release.set()
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
         assert machine.returned.wait(10)
     # The worker has stopped: the slow handler's commit attempt is over.
     info = client.get(wid)
@@ -679,7 +679,7 @@ def test_serialization_failures_on_commit_are_retried_transparently(
     client = Client(store, [Chain])
     with Worker(store, [machine], **FAST):
         wid = client.start(Chain, Step1(n=0))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
 
     assert info.status == "done"
     assert info.state == AllDone(n=3)

@@ -32,11 +32,12 @@ FENCE = re.compile(r"^```.*?^```[ \t]*$", re.M | re.S)
 
 def documented_names(markdown: str) -> set[str]:
     """The identifiers a reference page names: in code spans (`` `Worker` ``, `` `later(...)` ``)
-    and as words in its code blocks (the tree of errors, signatures)."""
+    and, in its code blocks (the tree of errors, signatures), the capitalized words (class names:
+    the tree's descriptions are prose, and its lower-case words are not names)."""
     names = set(re.findall(r"`([A-Za-z_]\w*)", FENCE.sub("", markdown)))
     for block in FENCE.findall(markdown):
         body = block.split("\n", 1)[1]  # not the fence's language
-        names |= set(re.findall(r"(?<![\w.])([A-Za-z_]\w*)", body))
+        names |= set(re.findall(r"(?<![\w.])([A-Z]\w*)", body))
     return names
 
 
@@ -232,5 +233,5 @@ def test_the_check_reports_every_kind_of_fault() -> None:
 
 def test_documented_names_come_from_code_spans_and_code_blocks() -> None:
     page = ("Use `Worker(store)` and `later`, not Prose.\n\n"
-            "```text\nStateMachineError\n└── Lost\n```\n")
+            "```text\nStateMachineError\n└── Lost        when the row changed\n```\n")
     assert documented_names(page) == {"Worker", "later", "StateMachineError", "Lost"}
