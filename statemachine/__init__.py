@@ -6,6 +6,7 @@ with a `Worker` inside your own process.
 """
 
 import inspect as _inspect
+import sys as _sys
 
 from ._client import Client, HistoryEntry, WorkflowInfo
 from ._clock import Clock, SystemClock
@@ -104,11 +105,22 @@ def _present_as_public(namespace: dict[str, object]) -> None:
         if not module.startswith(__name__ + "."):
             continue  # not defined in this package: not ours to rename
         if isinstance(obj, type):
-            try:
-                obj.__annotations__ = _inspect.get_annotations(obj, eval_str=True)
-            except NameError:  # a type-checking-only name: it did not resolve before, either
-                pass
+            obj.__annotations__ = _resolved_annotations(obj, vars(_sys.modules[module]))
         obj.__module__ = __name__
+
+
+def _resolved_annotations(cls: type, namespace: dict[str, object]) -> dict[str, object]:
+    """`cls`'s own annotations, each string evaluated as `typing.get_type_hints` would; one that
+    names a type-checking-only import stays a string (it did not resolve before, either)."""
+    resolved: dict[str, object] = {}
+    for key, value in _inspect.get_annotations(cls).items():
+        if isinstance(value, str):
+            try:
+                value = eval(value, dict(namespace), dict(vars(cls)))  # noqa: S307  # as typing does
+            except NameError:
+                pass
+        resolved[key] = value
+    return resolved
 
 
 _present_as_public(globals())
