@@ -5,6 +5,9 @@ state classes with one `step` handler per state, start workflows with a `Client`
 with a `Worker` inside your own process.
 """
 
+import inspect as _inspect
+import sys as _sys
+
 from ._client import Client, HistoryEntry, WorkflowInfo
 from ._clock import Clock, SystemClock
 from ._context import Context
@@ -30,7 +33,9 @@ from ._runtime import Worker
 from ._schedules import Schedule
 from ._store import Store
 from .errors import (
+    DatabaseUnavailable,
     DataError,
+    InvalidArgument,
     InvalidDefinition,
     InvalidOperation,
     LeaseLost,
@@ -38,6 +43,7 @@ from .errors import (
     StateMachineError,
     StoreError,
     UnknownMachine,
+    UnknownState,
     WaitTimeout,
     WorkflowNotFound,
 )
@@ -48,9 +54,11 @@ __all__ = [
     "Clock",
     "Context",
     "DataError",
+    "DatabaseUnavailable",
     "Delayed",
     "Failure",
     "HistoryEntry",
+    "InvalidArgument",
     "InvalidDefinition",
     "InvalidOperation",
     "LeaseLost",
@@ -66,6 +74,7 @@ __all__ = [
     "StoreError",
     "SystemClock",
     "UnknownMachine",
+    "UnknownState",
     "WaitTimeout",
     "Worker",
     "WorkerHealth",
@@ -82,3 +91,38 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def _present_as_public(namespace: dict[str, object]) -> None:
+    """Make every exported class and function say it lives here (``statemachine.Worker``, not
+    ``statemachine._runtime.Worker``), as httpx does: reprs, tracebacks and pickles then name the
+    public path, which stays put when private modules move.
+
+    A class's string annotations (``from __future__ import annotations``) are resolved against
+    its defining module's namespace first: `typing.get_type_hints` (and so attrs and cattrs) look
+    them up through ``__module__``, which from now on names this package."""
+    for name in __all__:
+        obj = namespace[name]
+        module = getattr(obj, "__module__", "")
+        if not module.startswith(__name__ + "."):
+            continue  # not defined in this package: not ours to rename
+        if isinstance(obj, type):
+            obj.__annotations__ = _resolved_annotations(obj, vars(_sys.modules[module]))
+        obj.__module__ = __name__
+
+
+def _resolved_annotations(cls: type, namespace: dict[str, object]) -> dict[str, object]:
+    """`cls`'s own annotations, each string evaluated as `typing.get_type_hints` would; one that
+    names a type-checking-only import stays a string (it did not resolve before, either)."""
+    resolved: dict[str, object] = {}
+    for key, value in _inspect.get_annotations(cls).items():
+        if isinstance(value, str):
+            try:
+                value = eval(value, dict(namespace), dict(vars(cls)))  # noqa: S307  # as typing does
+            except NameError:
+                pass
+        resolved[key] = value
+    return resolved
+
+
+_present_as_public(globals())

@@ -7,19 +7,20 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import attrs
 
-from ._definition import Machine
+from ._definition import Machine, MachineSpec, state_name
 from ._records import HistoryKind, Status
 from ._schema import FINISHED_STATUSES
 from ._serde import Codecs, StateCodec
 from ._store import Change, Store
 from .errors import (
     DataError,
+    InvalidArgument,
     InvalidOperation,
-    StateMachineError,
     UnknownMachine,
     UnknownState,
     WaitTimeout,
@@ -79,19 +80,39 @@ class HistoryEntry:
 
 class Client:
     """Start and steer workflows. Pass the machines whose states you want loaded as objects;
-    machines defined in imported modules are found by name too."""
+    machines defined in imported modules are found by name too.
+
+    Given a URL (or nothing: the default database), the client opens its own `Store` and closes
+    it in `close()` or at the end of ``with Client(url) as client:``; a `Store` passed in is the
+    caller's, and stays open."""
 
     def __init__(self, store: Store | str | None = None,
                  machines: Iterable[type[Machine] | Machine] = ()) -> None:
+        self._owns_store = not isinstance(store, Store)
         self.store = store if isinstance(store, Store) else Store(store)
-        self.codecs = Codecs(m.spec for m in machines)
+        self._specs = [m.spec for m in machines]
+        self.codecs = Codecs(self._specs)
 
-    def codec_for(self, machine: str) -> StateCodec:
+    def close(self) -> None:
+        """Close the store this client opened from a URL (a store passed in is left open)."""
+        if self._owns_store:
+            self.store.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def codec_for(self, machine: str, *, workflow_id: uuid.UUID | None = None) -> StateCodec:
         """The codec of `machine`; `UnknownMachine` if this process does not know it."""
         codec = self.codecs.get(machine)
         if codec is None:
-            raise UnknownMachine(f"machine {machine} is not known to this process (pass the "
-                                 "machine to Client, or --app on the command line)")
+            about = f" (the machine of workflow {workflow_id})" if workflow_id else ""
+            raise UnknownMachine(
+                f"machine {machine}{about} is not known to this process (pass the machine to "
+                "Client, or --app on the command line)", machine=machine, workflow_id=workflow_id)
         return codec
 
     # -- starting ----------------------------------------------------------------------------
@@ -104,10 +125,7 @@ class Client:
         With a `key`, starting again with the same key returns the first workflow's id and starts
         nothing (safe to call from a retried request handler)."""
         spec = machine.spec
-        if type(state) is not spec.initial:
-            raise InvalidOperation(
-                f"machine {spec.name} starts in {spec.initial.__name__}, not "
-                f"{type(state).__name__}")
+        _check_initial(spec.name, spec.initial, state)
         codec = self.codecs.of(spec)
         name, data = codec.dump(state)
         workflow_id, _created = self.store.sql.insert_workflow(
@@ -123,8 +141,7 @@ class Client:
         codec = self.codecs.of(spec)
         rows = []
         for s in states:
-            if type(s) is not spec.initial:
-                raise InvalidOperation(f"machine {spec.name} starts in {spec.initial.__name__}")
+            _check_initial(spec.name, spec.initial, s)
             rows.append(codec.dump(s))
         ids = self.store.sql.insert_workflows(spec.name, rows)
         self.store.sql.notify()
@@ -137,7 +154,7 @@ class Client:
         wid = _uuid(workflow_id)
         row = self.store.sql.get(wid)
         if row is None:
-            raise WorkflowNotFound(f"no workflow {wid}")
+            raise WorkflowNotFound(f"no workflow {wid}", workflow_id=wid)
         return self._info(row)
 
     def wait(self, workflow_id: WorkflowId, timeout: float = 30.0,
@@ -155,7 +172,8 @@ class Client:
                     return info
                 if time.monotonic() >= deadline:
                     raise WaitTimeout(f"workflow {info.id} still {info.status} in "
-                                      f"{info.state_name} after {timeout}s")
+                                      f"{info.state_name} after {timeout}s",
+                                      workflow_id=info.id, state=info.state_name)
                 finished.wait(min(poll, max(0.0, deadline - time.monotonic())))
                 poll = min(poll * 1.5, 0.5)
         finally:
@@ -172,7 +190,7 @@ class Client:
         wid = _uuid(workflow_id)
         rows = self.store.sql.history(wid)
         if not rows and self.store.sql.get(wid) is None:
-            raise WorkflowNotFound(f"no workflow {wid}")
+            raise WorkflowNotFound(f"no workflow {wid}", workflow_id=wid)
         return [HistoryEntry(r.version, r.kind, r.from_state, r.to_state, r.data, r.status,
                              r.cause, r.attempt, r.error, r.worker, r.started_at, r.finished_at)
                 for r in rows]
@@ -192,7 +210,8 @@ class Client:
         info = self.get(workflow_id)
         if info.status != "failed":
             raise InvalidOperation(f"cannot resolve workflow {info.id}: it is {info.status}, "
-                                   "not parked")
+                                   "not parked", workflow_id=info.id, state=info.state_name,
+                                   status=info.status)
         if to is None:
             return self.retry(info.id)
         return self.force(info.id, to, reason=reason)
@@ -222,10 +241,9 @@ class Client:
         wid = _uuid(workflow_id)
         info = self.get(wid)
         if info.finished:
-            raise InvalidOperation(f"workflow {wid} is {info.status}: it accepts no more events")
-        codec = self.codecs.get(info.machine)
-        if codec is None:
-            raise UnknownMachine(f"machine {info.machine} is not known to this process")
+            raise InvalidOperation(f"workflow {wid} is {info.status}: it accepts no more events",
+                                   workflow_id=wid, state=info.state_name, status=info.status)
+        codec = self.codec_for(info.machine, workflow_id=wid)
         name, data = codec.dump_event(event)
         event_id = self.store.sql.insert_event(wid, name, data)
         self.store.sql.notify()
@@ -234,9 +252,7 @@ class Client:
     def send_data(self, workflow_id: WorkflowId, event_type: str, data: Any) -> uuid.UUID:
         """`send` an event given by type name and JSON data (what the CLI does)."""
         info = self.get(workflow_id)
-        codec = self.codecs.get(info.machine)
-        if codec is None:
-            raise UnknownMachine(f"machine {info.machine} is not known to this process")
+        codec = self.codec_for(info.machine, workflow_id=info.id)
         return self.send(info.id, codec.load_event(event_type, data))
 
     def force(self, workflow_id: WorkflowId, state: object, *, reason: str = "forced") -> int:
@@ -244,9 +260,8 @@ class Client:
         handler's result is then discarded). The Python twin of the SQL in
         docs/how-to/operating-by-sql.md."""
         info = self.get(workflow_id)
-        codec = self.codecs.get(info.machine)
-        if codec is None:
-            raise UnknownMachine(f"machine {info.machine} is not known to this process")
+        codec = self.codec_for(info.machine, workflow_id=info.id)
+        self._check_state_of(codec.spec, state, info)
         name, data = codec.dump(state)
         terminal = codec.spec.is_terminal(type(state))
         change = Change(
@@ -256,7 +271,9 @@ class Client:
             wake_parent=info.parent_id if terminal else None)
         done = self.store.sql.commit(change)
         if done is None:
-            raise InvalidOperation(f"workflow {info.id} changed while forcing it; try again")
+            raise InvalidOperation(f"workflow {info.id} changed while forcing it; try again",
+                                   workflow_id=info.id, state=info.state_name,
+                                   status=info.status)
         self.store.sql.notify()
         return done.version
 
@@ -267,7 +284,8 @@ class Client:
             if info.status not in allowed:
                 raise InvalidOperation(
                     f"cannot {kind} workflow {info.id}: it is {info.status} "
-                    f"(only {', '.join(allowed)} workflows can be)")
+                    f"(only {', '.join(allowed)} workflows can be)",
+                    workflow_id=info.id, state=info.state_name, status=info.status)
             done = self.store.sql.commit(Change(
                 workflow_id=info.id, version=info.version, expect_status=allowed, kind=kind,
                 from_state=info.state_name, to_state=info.state_name, data=info.data,
@@ -276,7 +294,22 @@ class Client:
             if done is not None:
                 self.store.sql.notify()
                 return done.version
-        raise StateMachineError(f"workflow {info.id} kept changing; {kind} not applied")
+        raise InvalidOperation(f"workflow {info.id} kept changing; {kind} not applied (try again)",
+                               workflow_id=info.id, state=info.state_name, status=info.status)
+
+    def _check_state_of(self, spec: MachineSpec, state: object, info: WorkflowInfo) -> None:
+        """`InvalidArgument` unless `state` is a state of `spec`, the workflow's machine."""
+        cls = type(state)
+        if spec.states.get(state_name(cls)) is cls:
+            return
+        name = cls.__name__
+        other = next((o.name for o in self._specs if o.states.get(state_name(cls)) is cls), None)
+        whose = (f"{name} is a state of machine {other}, not" if other
+                 else f"{name} is not a state of")
+        raise InvalidArgument(
+            f"cannot force workflow {info.id} into {name}: {whose} machine {spec.name} (its "
+            f"states: {', '.join(sorted(spec.states))})",
+            workflow_id=info.id, state=info.state_name)
 
     def _info(self, row: Any) -> WorkflowInfo:
         state: object | None = None
@@ -295,6 +328,13 @@ class Client:
             key=row.key, parent_id=row.parent_id, last_error=row.last_error,
             lease_owner=row.lease_owner, created_at=row.created_at, updated_at=row.updated_at,
             state=state, load_error=load_error)
+
+
+def _check_initial(machine: str, initial: type, state: object) -> None:
+    if type(state) is not initial:
+        raise InvalidArgument(
+            f"machine {machine} starts in {initial.__name__}, not {type(state).__name__}",
+            state=state_name(type(state)))
 
 
 def _uuid(value: WorkflowId) -> uuid.UUID:

@@ -62,6 +62,10 @@ class RetryAfter(Exception):
         self.seconds = max(0.0, float(seconds))
         super().__init__(message or f"retry after {self.seconds:g}s")
 
+    def __reduce__(self) -> tuple[type[RetryAfter], tuple[float, str]]:
+        # Rebuilt from (seconds, message): the default would pass the message as `seconds`.
+        return type(self), (self.seconds, str(self))
+
     @classmethod
     def from_header(cls, value: str | None, default: float = 1.0,
                     now: datetime | None = None) -> RetryAfter:

@@ -7,7 +7,7 @@
     ├── StoreError               the database refused or failed (driver error kept as __cause__)
     │   ├── DatabaseUnavailable  the server cannot be reached or dropped the connection
     │   └── LeaseLost            a compare-and-set found the row changed under the worker
-    ├── WorkflowNotFound         no workflow with that id (also a LookupError)
+    ├── WorkflowNotFound         no workflow with that id, or not a UUID (also a LookupError)
     ├── InvalidOperation         the workflow's status does not allow that (retry a running one)
     ├── WaitTimeout              `wait` gave up before the workflow finished (a TimeoutError)
     ├── UnknownMachine           a machine name this process does not know (a LookupError)

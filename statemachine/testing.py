@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from .errors import InvalidArgument
+
 __all__ = ["FakeClock"]
 
 
@@ -22,7 +24,7 @@ class FakeClock:
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2030, 1, 1, tzinfo=UTC)
         if self._now.tzinfo is None:
-            raise ValueError("FakeClock needs an aware start time")
+            raise InvalidArgument(f"FakeClock(start={self._now!r}): the start needs a time zone")
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
 
@@ -34,7 +36,7 @@ class FakeClock:
         """Move forward by `delta` or by timedelta keywords (``days=3``); wakes workers."""
         step = delta if delta is not None else timedelta(**kwargs)
         if step < timedelta(0):
-            raise ValueError("a clock does not go backwards")
+            raise InvalidArgument(f"advance({step!r}): a clock does not go backwards")
         with self._lock:
             self._now += step
             now = self._now
@@ -42,22 +44,29 @@ class FakeClock:
         return now
 
     def set(self, when: datetime) -> None:
-        """Jump to `when` (forward only); wakes workers."""
+        """Jump to `when` (aware, forward only); wakes workers."""
+        if when.tzinfo is None:
+            raise InvalidArgument(f"set({when!r}): the time needs a time zone")
         with self._lock:
             if when < self._now:
-                raise ValueError("a clock does not go backwards")
+                raise InvalidArgument(f"set({when.isoformat()}): a clock does not go backwards "
+                                      f"(it is {self._now.isoformat()})")
             self._now = when
         self._notify()
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever the clock moves (workers subscribe to claim at once)."""
-        self._listeners.append(listener)
+        with self._lock:  # workers subscribe from their own threads
+            self._listeners.append(listener)
 
     def unsubscribe(self, listener: Callable[[], None]) -> None:
         """Stop calling `listener`."""
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
 
     def _notify(self) -> None:
-        for listener in list(self._listeners):
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:  # outside the lock: a listener may read the clock
             listener()

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -48,9 +48,9 @@ from sqlalchemy.engine import make_url
 
 from machines.checkout import metadata as checkout_tables
 from tests.procs import ProcessGroup
+from tests.waits import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
 
 Response = tuple[int, dict[str, Any]]
 
@@ -64,7 +64,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-case names
     body: dict[str, Any]
-    received_at: float  # time.time() when it arrived
+    received_at: float  # when it arrived, by the service's clock (`Service.now`)
     status: int = 0  # what was answered
 
     @property
@@ -98,6 +98,7 @@ class Service:
         self.lock = threading.RLock()
         self.requests: list[Request] = []
         self._faults: list[Fault] = []
+        self.skew = 0.0  # seconds the service's clock runs ahead of the machine's (`jump`)
         service = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -121,6 +122,16 @@ class Service:
 
     def start(self) -> None:
         self._thread.start()
+
+    def now(self) -> float:
+        """The service's clock: the machine's (``time.time()``) plus whatever `jump` added."""
+        with self.lock:
+            return time.time() + self.skew
+
+    def jump(self, seconds: float) -> None:
+        """Move the service's clock forward (tokens expire, say) without waiting for it."""
+        with self.lock:
+            self.skew += seconds
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -155,7 +166,7 @@ class Service:
             body = {"_invalid": raw.decode(errors="replace")}
         request = Request(method=http.command, path=parts.path, query=parse_qs(parts.query),
                           headers={k.lower(): v for k, v in http.headers.items()}, body=body,
-                          received_at=time.time())
+                          received_at=self.now())
         with self.lock:
             self.requests.append(request)
             fault = self._take_fault(request)
@@ -371,7 +382,7 @@ class SubscriptionService(Service):
         return _error(404, "not_found")
 
     def _issue(self, client_id: str) -> dict[str, Any]:
-        now = time.time()
+        now = self.now()
         claims = {"sub": client_id, "jti": len(self.tokens) + 1, "iat": now,
                   "exp": now + self.token_lifetime}
         head = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
@@ -390,7 +401,7 @@ class SubscriptionService(Service):
         if not hmac.compare_digest(sig, expected):
             return None, "token_invalid"
         claims: dict[str, Any] = json.loads(_unb64(body))
-        if time.time() >= claims["exp"]:
+        if self.now() >= claims["exp"]:
             return None, "token_expired"
         return claims, ""
 
@@ -474,18 +485,6 @@ def shop_fixture() -> Iterator[Shop]:
 # -- worker processes ----------------------------------------------------------------------------
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `condition` until it returns something truthy (returned); fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
-
-
 class Workers(ProcessGroup):
     """Spawns ``statemachine worker --app tests.checkout_apps:APP`` processes that talk to `shop`.
 
@@ -549,7 +548,7 @@ class Workers(ProcessGroup):
                                      f"{self.log(name)}")
             return f"worker {name} running" in self.log(name)
 
-        wait_until(ready, timeout, f"worker {name} to start")
+        wait_until(ready, f"worker {name} to start", timeout)
 
     def wait_paused(self, name: str, timeout: float = 30.0) -> str:
         """Wait until worker `name` stopped at its pause point; returns where it stopped."""
@@ -566,7 +565,7 @@ class Workers(ProcessGroup):
             assert int(pid) == proc.pid, f"paused in pid {pid}, not in worker {name}"
             return where
 
-        return wait_until(paused, timeout, f"worker {name} to pause")
+        return wait_until(paused, f"worker {name} to pause", timeout)
 
     def resume(self) -> None:
         """Let a paused worker go on."""

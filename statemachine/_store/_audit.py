@@ -35,7 +35,7 @@ from sqlalchemy.types import NullType
 from .._schema import FINISHED_STATUSES, STATUSES, workflows
 
 if TYPE_CHECKING:
-    from ._base import StoreBase
+    from . import Store
 
 __all__ = ["Problem", "RawRow", "as_uuid", "problems", "raw_rows", "row_problems", "scan_raw",
            "unclaimable",
@@ -63,7 +63,7 @@ class Problem:
         return f"{what}: {rows} (e.g. {self.example})"
 
 
-def _group(store: StoreBase, kind: str, detail: ColumnElement[Any] | str,
+def _group(store: Store, kind: str, detail: ColumnElement[Any] | str,
            where: ColumnElement[bool]) -> list[Problem]:
     """The rows matching `where`, grouped by `detail` (a column, or a fixed text)."""
     example = func.min(cast(w.c.id, Text))
@@ -77,7 +77,7 @@ def _group(store: StoreBase, kind: str, detail: ColumnElement[Any] | str,
                 lambda conn: conn.execute(grouped).all())]
 
 
-def unclaimable(store: StoreBase, machines: Sequence[str] | None = None) -> list[Problem]:
+def unclaimable(store: Store, machines: Sequence[str] | None = None) -> list[Problem]:
     """Rows no worker will ever claim: a status that is not one of the six, or ``ready`` with no
     ``wake_at``. Only of `machines`, when given (a worker reports its own)."""
     scope: ColumnElement[bool] = w.c.machine.in_(machines) if machines is not None else true()
@@ -88,7 +88,7 @@ def unclaimable(store: StoreBase, machines: Sequence[str] | None = None) -> list
     ]
 
 
-def problems(store: StoreBase, known_machines: Sequence[str]) -> list[Problem]:
+def problems(store: Store, known_machines: Sequence[str]) -> list[Problem]:
     """Every problem SQL can see in the rows that are not finished (done, failed, cancelled):
     the `unclaimable` ones, machines not in `known_machines`, data that is not a JSON object (or
     not JSON at all, on SQLite), and text in integer columns (SQLite)."""
@@ -138,7 +138,7 @@ _RAW_COLUMNS = ("id", "machine", "state", "status", "version", "attempt", "wake_
                 "parent_id", "lease_owner", "last_error", "created_at", "updated_at", "data")
 
 
-def raw_rows(store: StoreBase, *, workflow_id: str | None = None, machine: str | None = None,
+def raw_rows(store: Store, *, workflow_id: str | None = None, machine: str | None = None,
              status: str | None = None, state: str | None = None,
              limit: int = 100) -> list[RawRow]:
     """Workflow rows, newest first, filtered like `list`, each with its problems."""
@@ -155,7 +155,7 @@ def raw_rows(store: StoreBase, *, workflow_id: str | None = None, machine: str |
     return [_raw(r) for r in store.transaction(lambda conn: conn.execute(stmt).all())]
 
 
-def scan_raw(store: StoreBase, machines: Sequence[str], *, include_finished: bool = False,
+def scan_raw(store: Store, machines: Sequence[str], *, include_finished: bool = False,
              batch: int = 500) -> Iterator[RawRow]:
     """Every row of `machines` that is not finished (or every one, with `include_finished`), as
     `raw_rows` reads them, in batches by id (no long transaction, however large the table)."""

@@ -23,7 +23,7 @@ def run_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
     Markdown report it printed."""
     out = tmp_path / "results" / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--output", str(out), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=100)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert out.with_suffix(".md").read_text() == proc.stdout
     return json.loads(out.read_text()), proc.stdout

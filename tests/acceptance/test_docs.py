@@ -3,6 +3,9 @@
 What is checked, and against what (never against a copy of the docs' own lists):
 - every name in ``statemachine.__all__`` and ``statemachine.testing.__all__`` appears in
   docs/reference/api.md;
+- the tree of errors drawn in the docstring of ``statemachine.errors`` and in the reference's
+  Errors section is one tree, and it is the class hierarchy; every error class has a docstring;
+  the reference's table of error fields lists what each error carries and takes;
 - every command of the `statemachine` CLI (``statemachine._cli.cli.commands``) has its section in
   docs/reference/cli.md, naming each of its options, and every section there is a real command;
 - every table and column of ``statemachine._schema.metadata`` is in docs/reference/schema.md, under
@@ -18,27 +21,29 @@ What is checked, and against what (never against a copy of the docs' own lists):
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import threading
 import time
 import typing
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, select
 
 import statemachine
-from statemachine import Client, Store, Worker, testing
+from statemachine import Client, Store, Worker, errors, testing
 from statemachine import _schema as schema
 from statemachine._cli import cli
 from statemachine._records import HistoryKind
 from statemachine.testing import FakeClock
+from tests.claims import ClaimLog
 from tests.docs_examples import (
     MONTHLY_BILLING,
     Accounts,
@@ -54,12 +59,12 @@ from tests.docs_examples import (
     Trial,
     TrialRequested,
 )
+from tests.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 REFERENCE = ROOT / "docs" / "reference"
 EXAMPLE_ID = "1e0f5b8a-7c2d-4e3f-9a1b-2c3d4e5f6a7b"  # the id the docs' SQL uses
-T = TypeVar("T")
 
 
 # -- reading Markdown ----------------------------------------------------------------------------
@@ -135,6 +140,89 @@ def mentions(text: str, name: str) -> bool:
 @pytest.mark.parametrize("name", sorted({*statemachine.__all__, *testing.__all__}))
 def test_every_public_name_is_in_the_api_reference(name: str) -> None:
     assert mentions(API, name), f"docs/reference/api.md does not mention `{name}`"
+
+
+# -- the errors ----------------------------------------------------------------------------------
+
+TREE_LINE = re.compile(r"^(?P<indent>(?:[│ ] {3}|[├└]── )*)(?P<name>[A-Z]\w*)(?: +(?P<what>.+))?$")
+
+
+def error_tree(block: str) -> list[tuple[str, str | None, str]]:
+    """(class, parent, description) for each line of a drawn tree of errors, in order."""
+    tree: list[tuple[str, str | None, str]] = []
+    path: list[str] = []
+    for line in block.strip("\n").splitlines():
+        m = TREE_LINE.match(line)
+        assert m, f"not a line of the errors tree: {line!r}"
+        depth = len(m.group("indent")) // 4
+        del path[depth:]
+        tree.append((m.group("name"), path[-1] if path else None, m.group("what") or ""))
+        path.append(m.group("name"))
+    return tree
+
+
+def docstring_tree() -> str:
+    """The tree drawn in the docstring of statemachine.errors (its indented lines)."""
+    doc = errors.__doc__ or ""
+    block = re.search(r"\n\n((?:    .*\n)+)", doc)
+    assert block, "statemachine/errors.py: its docstring draws no tree of errors"
+    return "\n".join(line[4:] for line in block.group(1).splitlines())
+
+
+def reference_tree() -> str:
+    body = sections(API, 2)["Errors"]
+    block = re.search(r"^```text\n(.*?)^```", body, re.M | re.S)
+    assert block, "docs/reference/api.md: the Errors section draws no tree of errors"
+    return block.group(1)
+
+
+LIBRARY_ERRORS = [getattr(errors, n) for n in errors.__all__
+                  if issubclass(getattr(errors, n), errors.StateMachineError)]
+
+
+def test_the_errors_tree_is_the_same_in_the_docstring_and_the_reference() -> None:
+    assert error_tree(reference_tree()) == error_tree(docstring_tree())
+
+
+def test_the_errors_tree_is_the_class_hierarchy() -> None:
+    tree = error_tree(reference_tree())
+    assert sorted(name for name, _, _ in tree) == sorted(c.__name__ for c in LIBRARY_ERRORS)
+    for name, parent, _ in tree:
+        cls = getattr(errors, name)
+        bases = [b.__name__ for b in cls.__bases__ if issubclass(b, errors.StateMachineError)]
+        assert bases == ([parent] if parent else []), f"{name}: drawn under {parent}, is {bases}"
+
+
+@pytest.mark.parametrize("name", errors.__all__)
+def test_every_error_class_has_a_docstring(name: str) -> None:
+    assert (vars(getattr(errors, name)).get("__doc__") or "").strip(), (
+        f"statemachine.errors.{name} has no docstring of its own")
+
+
+def documented_error_fields() -> dict[str, set[str]]:
+    """The fields table of the Errors section: error class -> the fields its row lists."""
+    body = sections(API, 2)["Errors"]
+    fields: dict[str, set[str]] = {}
+    for names, listed in re.findall(r"^\| (`[^|]*`[^|]*) \| ([^|]*) \|$", body, re.M):
+        for name in re.findall(r"`(\w+)`", names):
+            fields.setdefault(name, set()).update(re.findall(r"`(\w+)`", listed))
+    return fields
+
+
+@pytest.mark.parametrize("cls", LIBRARY_ERRORS, ids=lambda c: c.__name__)
+def test_the_reference_lists_the_fields_of_each_error(cls: type[Exception]) -> None:
+    """A row names a class and the fields it adds; every class has those of its ancestors."""
+    table = documented_error_fields()
+    assert table, "docs/reference/api.md: no table of error fields"
+    assert set(table) <= {c.__name__ for c in LIBRARY_ERRORS}, set(table)
+    documented = set().union(*(table.get(c.__name__, set()) for c in cls.__mro__))
+    error = cls()
+    for field in sorted(documented):
+        assert hasattr(error, field), f"{cls.__name__} has no attribute {field}"
+        assert getattr(error, field) is None
+    init = inspect.signature(cls.__init__).parameters.values()
+    takes = {p.name for p in init if p.kind is p.KEYWORD_ONLY}
+    assert takes <= documented, f"{cls.__name__} takes {takes - documented}, undocumented"
 
 
 def cli_sections() -> dict[str, str]:
@@ -266,17 +354,6 @@ def test_side_effects_quotes_the_checkout_reconcile_as_it_is() -> None:
 FAST: dict[str, Any] = dict(concurrency=8, poll_interval=0.05)
 
 
-def wait_for(fn: Callable[[], T], what: str, timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (saw {value!r})")
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2030, 1, 15, 9, 0, tzinfo=UTC))
@@ -300,11 +377,11 @@ def test_trial_ends_with_the_event_it_waits_for(faked: Store, clock: FakeClock) 
     client = Client(faked, [Trial])
     with Worker(faked, [Trial(accounts)], **FAST):
         wid = client.start(Trial, TrialRequested("acct_1"))
-        wait_for(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
+        wait_until(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
         assert client.get(wid).state == OnTrial("acct_1", clock.now() + timedelta(days=14))
         assert client.get(wid).wake_at == clock.now() + timedelta(days=14)  # the deadline
         client.send(wid, PlanChosen("pro"))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
     assert info.state == Subscribed("acct_1", "pro")
     assert [h.kind for h in client.history(wid)] == ["start", "transition", "transition"]
     assert (client.history(wid)[-1].cause or "").startswith("event PlanChosen ")
@@ -315,14 +392,14 @@ def test_trial_times_out_then_sleeps_thirty_days(faked: Store, clock: FakeClock)
     client = Client(faked, [Trial])
     with Worker(faked, [Trial(accounts)], **FAST):
         wid = client.start(Trial, TrialRequested("acct_2"))
-        wait_for(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
+        wait_until(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
         clock.advance(days=14)
-        wait_for(lambda: in_state(client, wid, "PurgeDue", "ready"), "the 30-day timer")
+        wait_until(lambda: in_state(client, wid, "PurgeDue", "ready"), "the 30-day timer")
         sleeping = client.get(wid)
         assert sleeping.wake_at == clock.now() + timedelta(days=30)
         assert sleeping.lease_owner is None  # asleep in the database, held by no worker
         clock.advance(days=30)
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
     assert info.state == Purged("acct_2")
     assert accounts.purged == ["acct_2"]
     assert [(h.kind, h.to_state) for h in client.history(wid)] == [
@@ -337,10 +414,10 @@ def test_closing_the_account_cancels_through_the_cancel_route(faked: Store) -> N
     client = Client(faked, [Trial])
     with Worker(faked, [Trial(accounts)], **FAST):
         wid = client.start(Trial, TrialRequested("acct_3"))
-        wait_for(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
+        wait_until(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
         assert client.cancel(wid, reason="support: ticket 7, customer closed the account") \
             == "requested"
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
     assert (info.status, info.state) == ("done", Purged("acct_3"))
     assert accounts.purged == ["acct_3"]
     cancel = next(h for h in client.history(wid) if h.kind == "cancel")
@@ -356,10 +433,10 @@ def test_the_guides_sql_insert_sends_an_event(faked: Store, db_url: str) -> None
     try:
         with Worker(faked, [Trial()], **FAST):
             wid = client.start(Trial, TrialRequested("acct_4"))
-            wait_for(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
+            wait_until(lambda: in_state(client, wid, "OnTrial", "waiting"), "the trial to wait")
             with engine.connect() as conn:
                 conn.exec_driver_sql(insert.replace(EXAMPLE_ID, str(wid)))
-            info = client.wait(wid, timeout=10)
+            info = client.wait(wid, timeout=60)
     finally:
         engine.dispose()
     assert info.state == Subscribed("acct_4", "pro")
@@ -404,7 +481,7 @@ def test_billing_batch_bills_every_customer_under_the_limit(store: Store) -> Non
     client = Client(store, [BillingBatch, CustomerBilling])
     with Worker(store, [BillingBatch(lambda period: customers), billing], **FAST):
         wid = client.start(BillingBatch, BillingDue("2030-01"))
-        info = client.wait(wid, timeout=30)
+        info = client.wait(wid, timeout=60)
     assert info.state == BillingDone("2030-01", billed=23, failed=("cus_07",))
     assert provider.peak <= 4  # PAYMENTS_API: 4 at once, across the worker's 8 threads
     children = {c.data["customer_id"]: c for c in store.sql.children_of(wid)}
@@ -424,9 +501,12 @@ def test_billing_batch_bills_every_customer_under_the_limit(store: Store) -> Non
     assert "PermanentError: 422 account closed" in (closed.last_error or "")
 
 
-def test_the_monthly_schedule_starts_one_batch_per_tick(db_url: str) -> None:
+def test_the_monthly_schedule_starts_one_batch_per_tick(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock(datetime(2030, 1, 31, 12, 0, tzinfo=UTC))
     store = Store(db_url, clock=clock)
+    claims = ClaimLog(store, monkeypatch)
     try:
         client = Client(store, [BillingBatch])
         workers = [Worker(store, [BillingBatch(), CustomerBilling()], schedules=[MONTHLY_BILLING],
@@ -435,13 +515,14 @@ def test_the_monthly_schedule_starts_one_batch_per_tick(db_url: str) -> None:
             w.start()
         try:
             # First seen now: the schedule starts from this moment, nothing before it.
-            wait_for(lambda: MONTHLY_BILLING.name in store.sql.schedule_ticks(), "the first sweep")
+            wait_until(lambda: MONTHLY_BILLING.name in store.sql.schedule_ticks(),
+                       "the first sweep")
             clock.set(datetime(2030, 2, 1, 5, 0, 30, tzinfo=UTC))  # 06:00:30 in Berlin
             key = "schedule:monthly-billing:2030-02-01T05:00:00+00:00"
-            batch = wait_for(lambda: [i for i in client.list(machine="billing_batch")
+            batch = wait_until(lambda: [i for i in client.list(machine="billing_batch")
                                       if i.key == key], "the tick's batch")
-            info = client.wait(batch[0].id, timeout=10)
-            time.sleep(0.3)  # every worker has swept the schedule again meanwhile
+            info = client.wait(batch[0].id, timeout=60)
+            claims.sweeps_since(claims.mark(), threads=len(workers))  # each swept it again
         finally:
             for w in workers:
                 w.stop()

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,6 +31,7 @@ from statemachine._schema import schedules as schedules_table
 from statemachine.testing import FakeClock
 from tests.apps_schedules import DAILY, EVERY_SECOND, SchedTicker, Tick
 from tests.procs import ProcessGroup
+from tests.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps_schedules:app"
@@ -45,17 +45,6 @@ def utc(*args: int) -> datetime:
 def every_minute(**kwargs: Any) -> Schedule:
     return Schedule(kwargs.pop("name", "m"), cron="* * * * *", machine=SchedTicker,
                     start=lambda t: Tick(at=t.isoformat(), by=0), **kwargs)
-
-
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
 
 
 # -- 1. due_ticks, no database -------------------------------------------------------------------
@@ -359,9 +348,9 @@ def test_three_worker_processes_start_each_second_exactly_once(
         for name in names:
             workers.spawn(name)
         for name in names:
-            wait_until(lambda n=name: workers.running(n), 30, f"worker {name} to start")
+            wait_until(lambda n=name: workers.running(n), f"worker {name} to start")
         # Eight ticks after the first; each worker checks the schedule every 0.1 s.
-        wait_until(lambda: len(ticked(reader)) >= 8, 30, "eight ticks")
+        wait_until(lambda: len(ticked(reader)) >= 8, "eight ticks")
         for proc in workers.procs.values():
             proc.send_signal(signal.SIGTERM)
         for name, proc in workers.procs.items():

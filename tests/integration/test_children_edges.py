@@ -4,9 +4,8 @@ reason; looking for news in a waiting state does not use up a handler's attempts
 
 from __future__ import annotations
 
-import time
-
 import attrs
+import pytest
 
 from statemachine import (
     ChildResult,
@@ -16,10 +15,13 @@ from statemachine import (
     RetryPolicy,
     Store,
     Worker,
+    WorkflowInfo,
     on_children,
     on_event,
     step,
 )
+from tests.claims import ClaimLog
+from tests.waits import wait_until
 
 
 @attrs.frozen
@@ -98,28 +100,29 @@ def _run(store: Store, start: EdgeFanOut) -> tuple[Client, object]:
 def test_a_child_parked_in_doubt_wakes_its_parent(store: Store) -> None:
     client, wid = _run(store, EdgeFanOut(jobs=2, fail_first=True))
     with Worker(store, [EdgeParent, EdgeChild], poll_interval=0.05):
-        info = client.wait(wid, timeout=15)  # type: ignore[arg-type]
+        info = client.wait(wid, timeout=60)  # type: ignore[arg-type]
     assert info.state == EdgeCollected(("failed", "done"))
 
 
 def test_children_still_queued_when_the_parent_moves_on_run_anyway(store: Store) -> None:
     client, wid = _run(store, EdgeFanOut(jobs=3, wait_first=True))
     with Worker(store, [EdgeParent, EdgeChild], poll_interval=0.05):
-        info = client.wait(wid, timeout=15)  # type: ignore[arg-type]
+        info = client.wait(wid, timeout=60)  # type: ignore[arg-type]
         assert info.state == EdgeCollected(("done",))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+        def children_done() -> list[WorkflowInfo]:
             children = [w for w in client.list(machine="EdgeChild") if w.parent_id == wid]
-            if len(children) == 3 and all(c.status == "done" for c in children):
-                break
-            time.sleep(0.05)
+            return children if len(children) == 3 and all(
+                c.status == "done" for c in children) else []
+
+        children = wait_until(children_done, "the queued children to run")
     assert sorted(c.status for c in children) == ["done"] * 3
 
 
 def test_a_child_key_already_used_parks_the_parent_with_the_reason(store: Store) -> None:
     client, wid = _run(store, EdgeFanOut(jobs=2, key="same-key"))
     with Worker(store, [EdgeParent, EdgeChild], poll_interval=0.05):
-        info = client.wait(wid, timeout=15)  # type: ignore[arg-type]
+        info = client.wait(wid, timeout=60)  # type: ignore[arg-type]
     assert info.status == "failed"
     assert info.state_name == "EdgeFanOut"
     assert info.last_error is not None
@@ -172,14 +175,20 @@ class Patient(Machine):
         return Heard(state.n)
 
 
-def test_wake_ups_without_news_do_not_use_up_attempts(store: Store) -> None:
+def test_wake_ups_without_news_do_not_use_up_attempts(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = Client(store, [Patient])
+    claims = ClaimLog(store, monkeypatch)
     wid = client.start(Patient, Listening(1))
     with Worker(store, [Patient], poll_interval=0.05):
+        wait_until(lambda: client.get(wid).status == "waiting", "the workflow to wait")
         for _ in range(5):  # events for a later state: each wakes the workflow for nothing
+            mark = claims.mark()
             client.send(wid, NotYet())
-            time.sleep(0.1)
+            claims.wait_claimed(mark, wid)
+            wait_until(lambda: client.get(wid).status == "waiting", "it to wait again")
         client.send(wid, Go())  # fails once, retried within its 2 attempts
-        info = client.wait(wid, timeout=15)
+        info = client.wait(wid, timeout=60)
     assert info.state == Heard(1)
     assert FLAKY[str(wid)] == 2

@@ -18,15 +18,19 @@ from statemachine import (
     Client,
     Context,
     Failure,
+    InvalidArgument,
     InvalidOperation,
     Machine,
     PermanentError,
     RetryPolicy,
     Store,
+    UnknownMachine,
     Worker,
+    WorkflowNotFound,
     step,
 )
 from statemachine._schema import history, workflows
+from tests.claims import ClaimLog
 from tests.conftest import POSTGRES_BACKENDS
 
 FAST = dict(poll_interval=0.05, min_poll_interval=0.01)
@@ -114,7 +118,7 @@ def test_transient_error_is_retried_with_backoff(store: Store) -> None:
     client = Client(store, [FlakyFetch])
     with Worker(store, [machine], **FAST):
         wid = client.start(FlakyFetch, Fetching(fail_times=2))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
 
     assert info.status == "done"
     assert info.state == Fetched(attempts=3)
@@ -201,7 +205,7 @@ def test_permanent_error_takes_the_error_route_at_once(store: Store, mode: str,
     client = Client(store, [Payment])
     with Worker(store, [machine], **FAST):
         wid = client.start(Payment, Paying(mode=mode))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
 
     assert machine.calls == 1
     assert info.status == "done"
@@ -219,7 +223,7 @@ def test_exhausted_retries_take_the_error_route(store: Store) -> None:
     client = Client(store, [Payment])
     with Worker(store, [machine], **FAST):
         wid = client.start(Payment, Paying(mode="transient"))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
 
     assert machine.calls == 2
     assert info.state == Refused(reason="Flaky: gateway timeout", attempt=2, permanent=False)
@@ -265,7 +269,7 @@ def test_exhausted_retries_park_and_retry_resumes(store: Store) -> None:
     client = Client(store, [Sync])
     with Worker(store, [machine], **FAST):
         wid = client.start(Sync, Syncing(account="acme"))
-        parked = client.wait(wid, timeout=10)
+        parked = client.wait(wid, timeout=60)
 
         assert parked.status == "failed"
         assert parked.state_name == "Syncing"
@@ -282,7 +286,7 @@ def test_exhausted_retries_park_and_retry_resumes(store: Store) -> None:
 
         machine.broken = False
         client.retry(wid)
-        done = client.wait(wid, timeout=10)
+        done = client.wait(wid, timeout=60)
 
     assert done.status == "done"
     # Resumed from the same state with a fresh set of attempts.
@@ -303,16 +307,17 @@ def test_retry_of_a_workflow_that_is_not_parked_is_refused(store: Store) -> None
     with pytest.raises(InvalidOperation, match="ready"):
         client.retry(wid)
     with Worker(store, [machine], **FAST):
-        assert client.wait(wid, timeout=10).status == "done"
+        assert client.wait(wid, timeout=60).status == "done"
     before = client.history(wid)
     with pytest.raises(InvalidOperation, match="done"):
         client.retry(wid)
     assert client.history(wid) == before
 
 
-def test_cancel(store: Store) -> None:
+def test_cancel(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     machine = Sync()
     client = Client(store, [Sync])
+    claims = ClaimLog(store, monkeypatch)
     ready = client.start(Sync, Syncing(account="ready"))
 
     client.cancel(ready, reason="customer asked")
@@ -323,7 +328,7 @@ def test_cancel(store: Store) -> None:
 
     with Worker(store, [machine], **FAST):
         parked = client.start(Sync, Syncing(account="parked"))
-        assert client.wait(parked, timeout=10).status == "failed"
+        assert client.wait(parked, timeout=60).status == "failed"
         calls = machine.calls
         client.cancel(parked)
         assert client.get(parked).status == "cancelled"
@@ -331,8 +336,10 @@ def test_cancel(store: Store) -> None:
 
         machine.broken = False
         done = client.start(Sync, Syncing(account="done"))
-        assert client.wait(done, timeout=10).status == "done"
-        time.sleep(0.2)  # a cancelled workflow is never claimed again
+        assert client.wait(done, timeout=60).status == "done"
+        # The worker has looked for work since: a cancelled workflow is never claimed again.
+        taken = claims.claims_since(claims.mark(), claims=2)
+    assert not taken & {ready, parked}
     assert machine.calls == calls + 1
     assert client.get(ready).status == "cancelled"
 
@@ -394,7 +401,7 @@ def test_state_forced_by_sql_is_picked_up(store: Store) -> None:
     version = force_by_sql(store, wid, "Review", {"amount": 7, "note": "manual"})
 
     with Worker(store, [machine], **FAST):
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
 
     assert info.status == "done"
     assert info.state == Settled(amount=7, via="review:manual")
@@ -413,7 +420,7 @@ def test_forced_terminal_state_is_finished(store: Store) -> None:
     wid = client.start(Billing, Invoice(amount=5))
     force_by_sql(store, wid, "Settled", {"amount": 0, "via": "operator"})
     with Worker(store, [Billing()], **FAST):
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
     assert info.status == "done"
     assert info.state == Settled(amount=0, via="operator")
     assert [h.kind for h in client.history(wid)][:2] == ["start", "external_change"]
@@ -427,9 +434,9 @@ def test_forced_data_that_does_not_fit_parks_only_that_workflow(store: Store) ->
     force_by_sql(store, bad, "Review", {"amount": "ten", "note": "manual"})
 
     with Worker(store, [machine], **FAST):
-        parked = client.wait(bad, timeout=10)
+        parked = client.wait(bad, timeout=60)
         after = [client.start(Billing, Invoice(amount=i)) for i in range(3)]
-        others = [client.wait(w, timeout=10) for w in before + after]
+        others = [client.wait(w, timeout=60) for w in before + after]
 
     assert parked.status == "failed"
     assert parked.state_name == "Review"
@@ -448,8 +455,8 @@ def test_forced_unknown_state_parks_readably(store: Store) -> None:
     wid = client.start(Billing, Invoice(amount=5))
     force_by_sql(store, wid, "Refunded", {"amount": 5})
     with Worker(store, [Billing()], **FAST):
-        info = client.wait(wid, timeout=10)
-        ok = client.wait(client.start(Billing, Invoice(amount=1)), timeout=10)
+        info = client.wait(wid, timeout=60)
+        ok = client.wait(client.start(Billing, Invoice(amount=1)), timeout=60)
     assert info.status == "failed"
     assert info.last_error is not None
     assert str(wid) in info.last_error
@@ -463,7 +470,7 @@ def test_handler_returning_an_undeclared_state_parks(store: Store, route: str,
     client = Client(store, [Billing])
     with Worker(store, [Billing()], **FAST):
         wid = client.start(Billing, Invoice(amount=5, route=route))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
     assert info.status == "failed"
     assert info.state_name == "Invoice"  # nothing of the bad result was committed
     assert info.last_error is not None
@@ -527,9 +534,9 @@ def test_forced_state_wins_over_the_in_flight_handler(store: Store, concurrency:
         assert client.get(wid).status == "running"
         force_by_sql(store, wid, "Overridden", {"n": 42})
         if concurrency == 2:
-            assert client.wait(wid, timeout=10).state == Finished(via="override:42")
+            assert client.wait(wid, timeout=60).state == Finished(via="override:42")
         machine.release.set()
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
         assert machine.returned.wait(10)
     # The worker has stopped: the slow handler's commit attempt is over.
     info = client.get(wid)
@@ -672,7 +679,7 @@ def test_serialization_failures_on_commit_are_retried_transparently(
     client = Client(store, [Chain])
     with Worker(store, [machine], **FAST):
         wid = client.start(Chain, Step1(n=0))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
 
     assert info.status == "done"
     assert info.state == AllDone(n=3)
@@ -686,3 +693,98 @@ def test_serialization_failures_on_commit_are_retried_transparently(
         calls = conn.execute(text("SELECT last_value FROM sm_test_inject_calls")).scalar_one()
     # Every transition insert asked the trigger; the first ones were refused.
     assert calls == INJECTED_FAILURES + 3
+
+
+# -- the client's errors, and what it closes -----------------------------------------------------
+
+
+def test_client_errors_carry_the_workflow_state_and_status(store: Store) -> None:
+    client = Client(store, [Sync, Chain])
+    wid = client.start(Sync, Syncing(account="a"))
+
+    missing = uuid.uuid4()
+    with pytest.raises(WorkflowNotFound) as not_found:
+        client.get(missing)
+    assert not_found.value.workflow_id == missing
+    with pytest.raises(WorkflowNotFound) as no_history:
+        client.history(missing)
+    assert no_history.value.workflow_id == missing
+
+    with pytest.raises(InvalidOperation, match="ready") as refused:
+        client.retry(wid)
+    assert (refused.value.workflow_id, refused.value.state, refused.value.status) == (
+        wid, "Syncing", "ready")
+    with pytest.raises(InvalidOperation, match="not parked") as unresolved:
+        client.resolve(wid)
+    assert (unresolved.value.workflow_id, unresolved.value.status) == (wid, "ready")
+
+    with pytest.raises(InvalidArgument, match="starts in Syncing, not Step1") as wrong_start:
+        client.start(Sync, Step1(n=0))
+    assert isinstance(wrong_start.value, ValueError)
+    assert wrong_start.value.state == "Step1"
+    with pytest.raises(InvalidArgument, match="starts in Syncing"):
+        client.start_many(Sync, [Syncing(account="b"), Step1(n=0)])
+    assert [i.id for i in client.list(machine=Sync.name)] == [wid]  # nothing of the bulk started
+
+    client.cancel(wid)
+    with pytest.raises(InvalidOperation, match="accepts no more events") as finished:
+        client.send(wid, Step1(n=0))
+    assert (finished.value.workflow_id, finished.value.status) == (wid, "cancelled")
+
+
+def test_client_names_a_machine_it_does_not_know(store: Store) -> None:
+    wid, _ = store.sql.insert_workflow(machine="engine_never_defined", state="Begun", data={})
+    client = Client(store)
+    info = client.get(wid)
+    assert info.state is None
+    assert "engine_never_defined is not known" in (info.load_error or "")
+    for call in (lambda: client.send(wid, Step1(n=0)),
+                 lambda: client.send_data(wid, "Step1", {"n": 0}),
+                 lambda: client.force(wid, Step1(n=0))):
+        with pytest.raises(UnknownMachine, match="engine_never_defined") as unknown:
+            call()
+        assert (unknown.value.machine, unknown.value.workflow_id) == ("engine_never_defined", wid)
+
+
+def test_forcing_a_state_of_another_machine_names_both(store: Store) -> None:
+    client = Client(store, [Sync, Chain])
+    wid = client.start(Sync, Syncing(account="a"))
+    with pytest.raises(InvalidArgument) as other:
+        client.force(wid, Step2(n=1))
+    message = str(other.value)
+    assert "Step2 is a state of machine engine_chain, not machine engine_sync" in message
+    assert "its states: Synced, Syncing" in message
+    assert isinstance(other.value, ValueError)
+    assert other.value.workflow_id == wid
+
+    @attrs.frozen
+    class Stray:
+        n: int
+
+    with pytest.raises(InvalidArgument, match="Stray is not a state of machine engine_sync"):
+        client.force(wid, Stray(n=1))
+    assert [h.kind for h in client.history(wid)] == ["start"]  # nothing was forced
+
+
+def pooled(store: Store) -> int:
+    """Connections the store's pools hold open now."""
+    return sum(engine.pool.checkedin() for engine in store.engines)
+
+
+def test_a_client_closes_the_store_it_opened_and_only_that(db_url: str, store: Store) -> None:
+    with Client(db_url, machines=[Sync]) as client:
+        wid = client.start(Sync, Syncing(account="a"))
+        assert client.get(wid).state == Syncing(account="a")
+        opened = client.store
+        assert pooled(opened) >= 1
+    assert pooled(opened) == 0
+
+    given = Client(store, [Sync])
+    assert given.get(wid).state == Syncing(account="a")
+    held = pooled(store)
+    assert held >= 1
+    given.close()
+    with given:
+        pass
+    assert pooled(store) == held  # the caller's store: still open, still pooled
+    assert given.get(wid).status == "ready"

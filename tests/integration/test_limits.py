@@ -48,6 +48,15 @@ class Recorder:
         self.tries: dict[uuid.UUID, list[tuple[float, int]]] = {}
         self.grants = 0
         self._local = threading.local()
+        self._meet: dict[str, tuple[threading.Barrier, list[int]]] = {}  # tag -> (barrier, arrived)
+
+    def meet(self, parties: int, *tags: str) -> None:
+        """Make the first `parties` runs of `tags` wait for each other before they go on: then
+        that many certainly run at once, however busy the machine (and the barrier times out,
+        failing the handlers, when the engine never lets that many run together)."""
+        group = (threading.Barrier(parties), [0])
+        for tag in tags:
+            self._meet[tag] = group
 
     def watch_grants(self, store: Store) -> None:
         """Note when each call of `store.sql.take_start` that grants a start token began, for the
@@ -68,6 +77,14 @@ class Recorder:
     def run(self, tag: str, seconds: float) -> None:
         start = time.monotonic()
         granting = self._local.__dict__.pop("granting", None)
+        group = self._meet.get(tag)
+        if group is not None:
+            barrier, arrived = group
+            with self.lock:
+                arrived[0] += 1
+                first = arrived[0] <= barrier.parties
+            if first:
+                barrier.wait(timeout=60)
         time.sleep(seconds)
         end = time.monotonic()
         with self.lock:
@@ -114,6 +131,7 @@ def most_surely_within(brackets: list[tuple[float, float]], window: float) -> in
 # -- machines ------------------------------------------------------------------------------------
 
 API = Limit(key="api", concurrency=4, per_second=10)
+LIMITED = 24  # workflows under API in the test below: three windows of 10 starts, the last partial
 
 
 @attrs.frozen
@@ -247,20 +265,20 @@ class Guarded(Machine):
 def test_concurrency_and_rate_hold_under_eight_threads(store: Store) -> None:
     rec = Recorder()
     rec.watch_grants(store)
+    rec.meet(4, "api")  # the first four wait for each other: all of API's slots are used
     client = Client(store, [RateLimited, Unlimited])
     with Worker(store, [RateLimited(rec), Unlimited(rec)], concurrency=8, poll_interval=0.05):
         t0 = time.monotonic()
         # The limited batch first: claims go oldest first, so a worker that waited for limits in
         # its threads would run the unlimited batch only after (nearly) all of the limited one.
-        limited = client.start_many(RateLimited, [Call(i) for i in range(40)])
+        limited = client.start_many(RateLimited, [Call(i) for i in range(LIMITED)])
         quick = client.start_many(Unlimited, [Quick(i) for i in range(20)])
-        assert all(client.wait(wid, timeout=20).status == "done" for wid in quick)
+        assert all(client.wait(wid, timeout=60).status == "done" for wid in quick)
         quick_done = time.monotonic() - t0
-        assert all(client.wait(wid, timeout=30).status == "done" for wid in limited)
-        elapsed = time.monotonic() - t0
+        assert all(client.wait(wid, timeout=60).status == "done" for wid in limited)
 
     runs = rec.intervals("api")
-    assert len(runs) == rec.grants == 40  # one grant per run: a deferral never ran a handler
+    assert len(runs) == rec.grants == LIMITED  # one grant per run: a deferral never ran a handler
     # A slot is taken before the handler starts and given back after it ended (and committed),
     # so the handlers' own intervals show the concurrency limit exactly.
     assert peak(runs) == 4  # never more than 4 at once, and the 4 were used
@@ -275,19 +293,18 @@ def test_concurrency_and_rate_hold_under_eight_threads(store: Store) -> None:
     brackets = rec.brackets("api")
     widths = sorted(hi - lo for lo, hi in brackets)
     assert most_surely_within(brackets, 1.0) <= 10, widths
-    # 40 starts at 10 per window: the 31st came at least 3 s after the 1st (certainly, again).
+    # 24 starts at 10 per window: the 21st came at least 2 s after the 1st (certainly, again).
+    # (That the limit did not serialize everything, the peak of 4 at once shows.)
     starts = sorted(hi for _, hi in brackets)
-    assert starts[-1] - min(lo for lo, _ in brackets) >= 3.0
-    # And the limit did not serialize everything (that would take 40 x 0.2 s = 8 s).
-    assert 3.0 <= elapsed < 8.0, elapsed
+    assert starts[20] - min(lo for lo, _ in brackets) >= 2.0
 
     # The limited workflows waited in the database, not in worker threads: the unlimited ones,
-    # started just after them on the same worker, were all done before three quarters of them
-    # had even started (the 30th start comes 2 s after the first at the very least). Had waiting
-    # workflows held threads, the unlimited ones would only have been claimed once all 40
-    # limited ones were, i.e. after the 32nd had finished.
+    # started just after them on the same worker, were all done before the 21st of them had
+    # even started (2 s after the first at the very least). Had waiting workflows held threads,
+    # the unlimited ones would only have been claimed once all 24 limited ones were, i.e. after
+    # the 16th had finished.
     last_quick = max(e for _, e in rec.intervals("quick"))
-    assert last_quick < starts[29], (quick_done, [round(t - t0, 2) for t in starts])
+    assert last_quick < starts[20], (quick_done, [round(t - t0, 2) for t in starts])
     # Waiting for the limit counted no attempt and wrote no history.
     for wid in limited[:10]:
         assert [(h.kind, h.attempt) for h in client.history(wid)] == [
@@ -299,10 +316,11 @@ def test_concurrency_and_rate_hold_under_eight_threads(store: Store) -> None:
 
 def test_limit_keyed_by_state_limits_each_key_separately(store: Store) -> None:
     rec = Recorder()
+    rec.meet(4, "a", "b")  # the limit lets two of each key in: the first four are two and two
     client = Client(store, [PerAccount])
     with Worker(store, [PerAccount(rec)], concurrency=8, poll_interval=0.05):
         ids = client.start_many(PerAccount, [Charge(a, i) for i in range(6) for a in "ab"])
-        assert all(client.wait(wid, timeout=30).status == "done" for wid in ids)
+        assert all(client.wait(wid, timeout=60).status == "done" for wid in ids)
 
     a, b = rec.intervals("a"), rec.intervals("b")
     assert len(a) == len(b) == 6
@@ -325,8 +343,8 @@ def test_retry_after_does_not_burn_attempts(store: Store) -> None:
     with Worker(store, [Throttled(rec)], concurrency=2, poll_interval=0.05):
         wid = client.start(Throttled, Fetch(throttled=2))
         crashed = client.start(Throttled, Fetch(throttled=0, crash=True))
-        info = client.wait(wid, timeout=20)
-        failed = client.wait(crashed, timeout=20)
+        info = client.wait(wid, timeout=60)
+        failed = client.wait(crashed, timeout=60)
 
     # One attempt allowed, three tries made: the two 429s were not attempts.
     assert info.status == "done"
@@ -381,12 +399,12 @@ def test_slot_of_a_crashed_holder_is_reclaimed_after_its_lease(store: Store) -> 
     assert store.sql.acquire_slot(CRASH_KEY, 1, uuid.uuid4(), lease=0.5) == 0
     with Worker(store, [Guarded(rec)], concurrency=2, poll_interval=0.05):
         wid = client.start(Guarded, Enter())
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=60)
     assert info.status == "done"
     (start, _), = rec.intervals("guarded")
     # It waited for the lease to run out (less 5 ms for the database's and this process's clocks
-    # to differ in rate), and not for ever.
-    assert 0.495 <= start - taken < 5.0, start - taken
+    # to differ in rate), and not for ever (the bound only catches a hang).
+    assert 0.495 <= start - taken < 30.0, start - taken
     assert [(h.kind, h.attempt) for h in client.history(wid)] == [("start", 0), ("transition", 1)]
 
 

@@ -62,7 +62,7 @@ def test_rows_stored_by_old_code_run_to_completion_on_new_code(store: Store) -> 
     wid = _store_v1_row(store, client)
     assert client.get(wid).state == InvoiceDrafted("INV-1", 1250, "EUR")
     with Worker(store, [Invoicing], poll_interval=0.05):
-        done = client.wait(wid, timeout=10)
+        done = client.wait(wid, timeout=60)
     assert done.state == InvoiceSent("INV-1", 1250, "EUR")
 
 

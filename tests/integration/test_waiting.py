@@ -20,11 +20,11 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import pytest
@@ -54,10 +54,13 @@ from statemachine._definition import (
 )
 from statemachine._schema import events, workflows
 from statemachine.testing import FakeClock
+from tests.claims import ClaimLog
+from tests.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST: dict[str, Any] = dict(concurrency=8, poll_interval=0.05)
-T = TypeVar("T")
+#: How long a test waits for what it expects before calling it a hang (never a timing claim).
+WAIT = 60.0
 
 
 # -- probes: what handlers report to the test ---------------------------------------------------
@@ -111,7 +114,7 @@ def _gate(tag: str) -> None:
         entered.set()
     gate = GATES.get(tag)
     if gate is not None:
-        assert gate.wait(20), f"gate {tag} never opened"
+        assert gate.wait(WAIT), f"gate {tag} never opened"
 
 
 def new_tag(gated: bool = False) -> str:
@@ -124,14 +127,9 @@ def new_tag(gated: bool = False) -> str:
 
 def _wait_for_cancel(tag: str, ctx: Context) -> str:
     """Poll `ctx.cancel_requested` (what a long handler does) until someone cancels."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        seen = ctx.cancel_requested
-        if seen is not None:
-            PROBE.record(tag, "saw_cancel", seen)
-            return seen
-        time.sleep(0.01)
-    raise AssertionError("cancellation never became visible to the handler")
+    seen = wait_until(lambda: ctx.cancel_requested, "the cancellation to reach the handler")
+    PROBE.record(tag, "saw_cancel", seen)
+    return seen
 
 
 # -- machines: events ---------------------------------------------------------------------------
@@ -681,21 +679,6 @@ class Echo(Machine):
 
 # -- helpers ------------------------------------------------------------------------------------
 
-def wait_for(fn: Callable[[], T], what: str, timeout: float = 10.0, every: float = 0.01,
-             describe: Callable[[], object] | None = None) -> T:
-    """Poll `fn` until it returns something truthy (returned), or fail after `timeout` saying
-    what was awaited and what `describe` (or `fn`) last saw."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            seen = describe() if describe is not None else value
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (saw: {seen!r})")
-        time.sleep(every)
-
-
 @pytest.fixture
 def sql(db_url: str) -> Iterator[Engine]:
     """A plain engine on the test's database, for the SQL an operator would run (autocommit)."""
@@ -771,18 +754,18 @@ def test_events_are_buffered_then_delivered_in_order(store: Store) -> None:
     tag = new_tag(gated=True)
     with Worker(store, [Tally], **FAST):
         wid = client.start(Tally, Opening(tag, expected=3))
-        assert ENTERED[tag].wait(10), "the first step never started"
+        assert ENTERED[tag].wait(WAIT), "the first step never started"
         # The workflow is busy in Opening, which accepts no event: these wait in its inbox.
         first, second = client.send(wid, Add(1)), client.send(wid, Add(2))
         assert [(e.id, e.status) for e in event_rows(store, wid)] == [
             (first, "pending"), (second, "pending")]
         assert PROBE.calls(tag, "add") == []
         GATES[tag].set()
-        wait_for(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
+        wait_until(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
         assert client.get(wid).state == Counting(tag, 3, (1, 2))
         # Sent during the wait:
         third = client.send(wid, Add(3))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=WAIT)
     assert info.state == Counted(tag, (1, 2, 3))
     consumed = sorted(assert_consumed_exactly_once(client, wid), key=lambda e: e.consumed_version)
     assert [e.id for e in consumed] == [first, second, third]  # consumed in the order sent
@@ -800,10 +783,10 @@ def test_a_burst_of_events_is_handled_in_the_order_sent(store: Store) -> None:
     tag = new_tag()
     with Worker(store, [Tally], **FAST):
         wid = client.start(Tally, Opening(tag, expected=20))
-        wait_for(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
+        wait_until(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
         for n in range(20):
             client.send(wid, Add(n))
-        info = client.wait(wid, timeout=20)
+        info = client.wait(wid, timeout=WAIT)
     assert info.state == Counted(tag, tuple(range(20)))
     assert len(assert_consumed_exactly_once(client, wid)) == 20
     assert [c[1] for c in PROBE.calls(tag, "add")] == list(range(20))
@@ -814,7 +797,7 @@ def test_events_that_do_not_fit_are_refused_at_send(store: Store) -> None:
     tag = new_tag()
     with Worker(store, [Tally], **FAST):
         wid = client.start(Tally, Opening(tag, expected=1))
-        wait_for(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
+        wait_until(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
         with pytest.raises(DataError, match="NotAnEvent"):
             client.send(wid, NotAnEvent(1))
         with pytest.raises(DataError, match="'Bogus'"):
@@ -828,7 +811,7 @@ def test_events_that_do_not_fit_are_refused_at_send(store: Store) -> None:
         assert event_rows(store, wid) == []
         assert in_state(client, wid, "Counting", "waiting")
         client.send_data(wid, "Add", {"n": 9})
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=WAIT)
     assert info.state == Counted(tag, (9,))
 
 
@@ -839,22 +822,20 @@ def test_an_event_inserted_by_sql_is_picked_up_by_a_running_worker(
     tag = new_tag()
     with Worker(store, [Tally], **FAST):
         wid = client.start(Tally, Opening(tag, expected=2))
-        wait_for(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
+        wait_until(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
         t0 = time.monotonic()
         insert_event_by_sql(sql, wid, "Add", '{"n": 7}')
-        wait_for(lambda: PROBE.calls(tag, "add"), "the SQL event to be handled", timeout=5)
-        delay = time.monotonic() - t0
-        print(f"\nSQL-inserted event handled after {delay * 1000:.0f} ms "
+        # Nothing told the worker: its sweep (every poll interval) finds the row.
+        wait_until(lambda: PROBE.calls(tag, "add"), "the SQL event to be handled")
+        print(f"\nSQL-inserted event handled after {(time.monotonic() - t0) * 1000:.0f} ms "
               f"(poll interval {FAST['poll_interval'] * 1000:.0f} ms, {store.dialect})")
-        # Polling finds it: a sweep every poll interval, then a claim; allow CI noise.
-        assert delay < 1.0
-        wait_for(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
+        wait_until(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
         assert client.get(wid).state == Counting(tag, 2, (7,))
         [row] = event_rows(store, wid)
         assert (row.status, row.noticed, row.error) == ("consumed", True, None)
         assert isinstance(row.id, uuid.UUID)  # the column's default made it
         client.send(wid, Add(8))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=WAIT)
     assert info.state == Counted(tag, (7, 8))
     assert len(assert_consumed_exactly_once(client, wid)) == 2
 
@@ -864,17 +845,17 @@ def test_a_bad_event_inserted_by_sql_is_rejected_without_harm(store: Store, sql:
     tag = new_tag()
     with Worker(store, [Tally], **FAST):
         wid = client.start(Tally, Opening(tag, expected=1))
-        wait_for(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
+        wait_until(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
         version = client.get(wid).version
         insert_event_by_sql(sql, wid, "Add", '{"n": "seven"}')
         insert_event_by_sql(sql, wid, "Bogus", '{"n": 1}')
-        rows = wait_for(lambda: [r for r in event_rows(store, wid) if r.status == "rejected"]
+        rows = wait_until(lambda: [r for r in event_rows(store, wid) if r.status == "rejected"]
                         if len(event_rows(store, wid)) == 2 and all(
                             r.status == "rejected" for r in event_rows(store, wid)) else None,
-                        "both events to be rejected", timeout=5)
+                        "both events to be rejected")
         errors = {r.type: r.error for r in rows}
         # The worker that rejected them goes back to waiting, where it was.
-        wait_for(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
+        wait_until(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
         assert "expected int, got 'seven' @ data.n" in errors["Add"]
         assert str(wid) in errors["Add"]
         assert "no event named 'Bogus'" in errors["Bogus"]
@@ -885,7 +866,7 @@ def test_a_bad_event_inserted_by_sql_is_rejected_without_harm(store: Store, sql:
             "waiting", "Counting", version, None)
         assert PROBE.calls(tag, "add") == []
         client.send(wid, Add(3))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=WAIT)
     assert info.state == Counted(tag, (3,))
     assert len(assert_consumed_exactly_once(client, wid)) == 1
 
@@ -894,9 +875,10 @@ def test_a_bad_event_inserted_by_sql_is_rejected_without_harm(store: Store, sql:
 
 def test_an_event_racing_its_timeout_exactly_one_wins(store: Store) -> None:
     client = Client(store, [Race])
-    # When each workflow's Poke is sent, relative to its deadline (seconds).
-    offsets = [-0.05, -0.03, -0.02, -0.01, -0.005, -0.002, -0.001, 0.0,
-               0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05]
+    # When each workflow's Poke is sent, relative to its deadline (seconds): mostly a hair's
+    # breadth from it (a race), and one well before and one well after (no race at all).
+    offsets = [-0.6, -0.05, -0.03, -0.02, -0.01, -0.005, -0.002, -0.001, 0.0,
+               0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.6]
     tags = [new_tag() for _ in offsets]
     sent: dict[str, uuid.UUID | None] = {}
     errors: list[BaseException] = []
@@ -922,7 +904,7 @@ def test_an_event_racing_its_timeout_exactly_one_wins(store: Store) -> None:
 
     with Worker(store, [Race], **FAST):
         ids = [client.start(Race, Arming(tag, delay=1.0)) for tag in tags]
-        deadlines = wait_for(armed, "every workflow to arm", every=0.02)
+        deadlines = wait_until(armed, "every workflow to arm", interval=0.02)
         threads = [threading.Thread(target=poke_at, args=(
             wid, tag, deadlines[wid] + timedelta(seconds=off)))
             for wid, tag, off in zip(ids, tags, offsets, strict=True)]
@@ -931,7 +913,7 @@ def test_an_event_racing_its_timeout_exactly_one_wins(store: Store) -> None:
         for t in threads:
             t.join(20)
         assert not errors, errors
-        infos = [client.wait(wid, timeout=10) for wid in ids]
+        infos = [client.wait(wid, timeout=WAIT) for wid in ids]
 
     outcome: dict[str, int] = defaultdict(int)
     for wid, tag, info in zip(ids, tags, infos, strict=True):
@@ -943,9 +925,11 @@ def test_an_event_racing_its_timeout_exactly_one_wins(store: Store) -> None:
         rows = event_rows(store, wid)
         assert len(rows) == (0 if sent[tag] is None else 1)
         deadline = deadlines[wid]
-        # Which one wins follows when the event was sent: before the deadline, the event. (The
-        # slack covers the worker reading its clock a moment before it reads the inbox.)
-        slack = timedelta(seconds=0.05)
+        # Which one wins follows when the event was stored: by the deadline, the event. The
+        # slack covers the moments between the worker reading its clock and reading the inbox,
+        # and between an insert's timestamp and its commit: short, but longer on a busy machine.
+        # For the sends 0.6 s from the deadline, the check decides beyond any slack.
+        slack = timedelta(seconds=0.3)
         if info.state_name == "Poked":
             [row] = rows
             assert row.status == "consumed"
@@ -964,65 +948,68 @@ def test_an_event_racing_its_timeout_exactly_one_wins(store: Store) -> None:
 
 # -- 3. timers ----------------------------------------------------------------------------------
 
-def test_a_timer_sleeps_in_the_database_until_the_fake_clock_moves(db_url: str) -> None:
+#: A worker that claims only when woken: by work started in-process or by the fake clock moving.
+#: Its poll would take an hour, so a timer that fires shows the clock's wake-up did it.
+WOKEN_ONLY: dict[str, Any] = dict(concurrency=8, poll_interval=3600.0)
+
+
+def test_a_timer_sleeps_in_the_database_until_the_fake_clock_moves(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock()
     store = Store(db_url, clock=clock)
+    claims = ClaimLog(store, monkeypatch)
     try:
         client = Client(store, [Sleeper])
         tag = new_tag()
-        with Worker(store, [Sleeper], **FAST):
+        with Worker(store, [Sleeper], **WOKEN_ONLY):
             wid = client.start(Sleeper, Resting(tag, seconds=timedelta(days=3).total_seconds()))
-            wait_for(lambda: in_state(client, wid, "Rested", "ready"), "the workflow to sleep")
+            wait_until(lambda: in_state(client, wid, "Rested", "ready"), "the workflow to sleep")
             info = client.get(wid)
             assert info.wake_at == clock.now() + timedelta(days=3)
             assert info.lease_owner is None
             with store.connect() as conn:
                 assert conn.execute(select(workflows.c.lease_token).where(
                     workflows.c.id == wid)).scalar() is None
+            mark = claims.mark()
             clock.advance(days=2, hours=23, minutes=59)
-            time.sleep(0.3)
-            assert in_state(client, wid, "Rested", "ready")  # not yet
-            t0 = time.monotonic()
+            assert wid not in claims.claims_since(mark)  # the worker looked: not yet due
+            assert in_state(client, wid, "Rested", "ready")
             clock.advance(minutes=1)
-            info = client.wait(wid, timeout=5, poll=0.002)
-            took = time.monotonic() - t0
+            info = client.wait(wid, timeout=WAIT)
         assert info.state == Risen(tag)
-        print(f"\nfake clock: 3-day timer fired {took * 1000:.0f} ms after the clock moved "
-              f"({store.dialect})")
-        assert took < 1.0
         history = client.history(wid)
         assert history[-1].started_at == clock.now()  # it ran on the fake clock's time
     finally:
         store.dispose()
 
 
-def test_a_timeout_fires_when_the_fake_clock_moves(db_url: str) -> None:
+def test_a_timeout_fires_when_the_fake_clock_moves(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock()
     store = Store(db_url, clock=clock)
+    claims = ClaimLog(store, monkeypatch)
     try:
         client = Client(store, [Invitation])
         tag = new_tag()
-        with Worker(store, [Invitation], **FAST):
+        with Worker(store, [Invitation], **WOKEN_ONLY):
             wid = client.start(Invitation, Inviting(tag))
-            wait_for(lambda: in_state(client, wid, "AwaitingReply", "waiting"),
-                     "the workflow to wait")
+            wait_until(lambda: in_state(client, wid, "AwaitingReply", "waiting"),
+                       "the workflow to wait")
             info = client.get(wid)
             assert info.wake_at == clock.now() + timedelta(days=3)
             assert info.lease_owner is None
+            mark = claims.mark()
             clock.advance(days=2)
-            time.sleep(0.3)
+            assert wid not in claims.claims_since(mark)  # the worker looked: not yet due
             assert in_state(client, wid, "AwaitingReply", "waiting")
-            t0 = time.monotonic()
             clock.advance(days=1)
-            info = client.wait(wid, timeout=5, poll=0.002)
-            took = time.monotonic() - t0
+            info = client.wait(wid, timeout=WAIT)
         assert info.state == Lapsed(tag)
         assert PROBE.calls(tag) == [("lapsed",)]
         assert client.history(wid)[-1].cause == (
             f"timeout at {(clock.now()).isoformat()}")
-        print(f"\nfake clock: 3-day timeout fired {took * 1000:.0f} ms after the clock moved "
-              f"({store.dialect})")
-        assert took < 1.0
     finally:
         store.dispose()
 
@@ -1032,13 +1019,13 @@ def test_a_real_one_second_timer(store: Store) -> None:
     tag = new_tag()
     with Worker(store, [Sleeper], **FAST):
         wid = client.start(Sleeper, Resting(tag, seconds=1.0))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=WAIT)
     assert info.state == Risen(tag)
     [(_, slept)] = PROBE.calls(tag, "slept")
     [(_, rose)] = PROBE.calls(tag, "rose")
     took = rose - slept
     print(f"\nreal 1 s timer fired after {took:.3f} s ({store.dialect})")
-    assert 1.0 <= took < 3.0
+    assert took >= 1.0  # never early (late only by the poll interval, unless the machine is busy)
 
 
 # -- 4. children --------------------------------------------------------------------------------
@@ -1113,7 +1100,7 @@ def test_queued_children_are_let_go_in_the_order_they_were_started(store: Store)
     tag = new_tag()
     with Worker(store, [Trickle, JobRunner], **FAST):
         wid = client.start(Trickle, Trickling(tag, n=12))
-        info = client.wait(wid, timeout=20)
+        info = client.wait(wid, timeout=WAIT)
     [(_, started)] = PROBE.calls(tag, "started")
     [(_, results)] = PROBE.calls(tag, "collect")
     ran = [c[1] for c in PROBE.calls(tag, "job")]
@@ -1130,11 +1117,11 @@ def test_children_start_atomically_with_the_parents_transition(store: Store) -> 
     tag = new_tag()
     with Worker(store, [Spawner, JobRunner], **FAST):
         wid = client.start(Spawner, Spawning(tag))
-        wait_for(lambda: any(h.kind == "failed_attempt" for h in client.history(wid)),
+        wait_until(lambda: any(h.kind == "failed_attempt" for h in client.history(wid)),
                  "the first attempt to fail")
         # The failed attempt called start_child three times; none of it was written.
         assert count_children(store, wid) == 0
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=WAIT)
     assert info.state == KidsBack(tag, 3)
     spawned = PROBE.calls(tag, "spawned")
     assert [(s[1], len(s[2])) for s in spawned] == [(1, 3), (2, 3)]
@@ -1149,7 +1136,7 @@ REASON = "ops: alice (ticket 42)"
 
 
 def _assert_compensated_once(client: Client, wid: uuid.UUID, tag: str, from_state: str) -> None:
-    info = client.wait(wid, timeout=5)
+    info = client.wait(wid, timeout=WAIT)
     assert (info.status, info.state) == ("done", Released(tag))
     assert PROBE.calls(tag, "compensate") == [("compensate", from_state)]
     assert PROBE.calls(tag, "release") == [("release",)]
@@ -1167,7 +1154,7 @@ def test_cancel_while_waiting_for_an_event_runs_the_compensation(store: Store) -
     tag = new_tag()
     with Worker(store, [Booking], **FAST):
         wid = client.start(Booking, Reserving(tag, "wait"))
-        wait_for(lambda: in_state(client, wid, "Holding", "waiting"), "the workflow to wait")
+        wait_until(lambda: in_state(client, wid, "Holding", "waiting"), "the workflow to wait")
         assert client.cancel(wid, reason=REASON) == "requested"
         _assert_compensated_once(client, wid, tag, "Holding")
 
@@ -1177,12 +1164,11 @@ def test_cancel_while_sleeping_runs_the_compensation_now(store: Store) -> None:
     tag = new_tag()
     with Worker(store, [Booking], **FAST):
         wid = client.start(Booking, Reserving(tag, "sleep"))
-        wait_for(lambda: in_state(client, wid, "Confirming", "ready"), "the workflow to sleep")
+        wait_until(lambda: in_state(client, wid, "Confirming", "ready"), "the workflow to sleep")
         assert client.get(wid).wake_at > utcnow() + timedelta(days=2)
-        t0 = time.monotonic()
+        # Compensated at all means compensated now: the timer is days away on a real clock.
         assert client.cancel(wid, reason=REASON) == "requested"
         _assert_compensated_once(client, wid, tag, "Confirming")
-        assert time.monotonic() - t0 < 3
 
 
 @pytest.mark.parametrize("mode", ["busy", "busy-then-sleep"])
@@ -1194,9 +1180,9 @@ def test_cancel_while_a_handler_runs(store: Store, mode: str) -> None:
     GATES[tag].set()
     with Worker(store, [Booking], **FAST):
         wid = client.start(Booking, Reserving(tag, mode))
-        assert ENTERED[tag].wait(10)
+        assert ENTERED[tag].wait(WAIT)
         assert client.cancel(wid, reason=REASON) == "requested"
-        assert wait_for(lambda: PROBE.calls(tag, "saw_cancel"), "the handler to see it") == [
+        assert wait_until(lambda: PROBE.calls(tag, "saw_cancel"), "the handler to see it") == [
             ("saw_cancel", REASON)]
         # busy-then-sleep: the handler returns `later(...)` while a cancel is pending; the pending
         # cancel makes the row due now instead of at the timer, so the cancel route runs at once.
@@ -1213,11 +1199,11 @@ def test_a_machine_without_a_cancel_route_ends_cancelled(store: Store) -> None:
     with Worker(store, [Plain], **FAST):
         waiting = client.start(Plain, Idling(waiting_tag, busy=False))
         busy = client.start(Plain, Idling(busy_tag, busy=True))
-        wait_for(lambda: in_state(client, waiting, "Listening", "waiting"), "it to wait")
+        wait_until(lambda: in_state(client, waiting, "Listening", "waiting"), "it to wait")
         assert client.cancel(waiting, reason=REASON) == "cancelled"  # at once
-        assert ENTERED[busy_tag].wait(10)
+        assert ENTERED[busy_tag].wait(WAIT)
         assert client.cancel(busy, reason=REASON) == "requested"  # after the handler
-        busy_info = client.wait(busy, timeout=10)
+        busy_info = client.wait(busy, timeout=WAIT)
     assert PROBE.calls(busy_tag, "saw_cancel") == [("saw_cancel", REASON)]
     for wid, state in ((waiting, "Listening"), (busy, "Listening")):
         info = client.get(wid)
@@ -1234,20 +1220,20 @@ def test_cancelling_a_parent_cancels_its_children(store: Store) -> None:
     tag = new_tag()
     with Worker(store, [Household, Listener], **FAST):
         wid = client.start(Household, Gathering(tag, n=5))
-        wait_for(lambda: in_state(client, wid, "AwaitingListeners", "waiting"), "the parent")
+        wait_until(lambda: in_state(client, wid, "AwaitingListeners", "waiting"), "the parent")
 
         def two_listening() -> bool:
             kids = store.sql.children_of(wid)
             return sum(k.status == "waiting" for k in kids) == 2 and len(kids) == 5
 
-        wait_for(two_listening, "two children waiting, three queued")
+        wait_until(two_listening, "two children waiting, three queued")
         assert client.cancel(wid, reason=REASON) == "cancelled"
 
         def all_cancelled() -> list[Any]:
             kids = store.sql.children_of(wid)
             return kids if all(k.status == "cancelled" for k in kids) else []
 
-        kids = wait_for(all_cancelled, "every child to be cancelled")
+        kids = wait_until(all_cancelled, "every child to be cancelled")
     assert len(kids) == 5
     assert client.get(wid).status == "cancelled"
     for kid in kids:
@@ -1265,7 +1251,7 @@ def test_a_cancel_that_lands_while_a_worker_looks_at_a_waiting_workflow_is_not_l
     with Worker(store, [Doorman], **FAST):
         ids = [client.start(Doorman, AtDoor(tag)) for tag in tags]
         for wid in ids:
-            wait_for(lambda wid=wid: in_state(client, wid, "AtDoor", "waiting"), "it to wait")
+            wait_until(lambda wid=wid: in_state(client, wid, "AtDoor", "waiting"), "it to wait")
         outcomes = []
         for n, wid in enumerate(ids):
             client.send(wid, Leave())
@@ -1275,7 +1261,7 @@ def test_a_cancel_that_lands_while_a_worker_looks_at_a_waiting_workflow_is_not_l
         def not_cancelled() -> list[tuple[str, datetime | None]]:
             return [(i.status, i.wake_at) for i in map(client.get, ids) if i.status != "cancelled"]
 
-        wait_for(lambda: not not_cancelled(), "every workflow to be cancelled", timeout=5,
+        wait_until(lambda: not not_cancelled(), "every workflow to be cancelled",
                  describe=not_cancelled)
     # "requested": the cancel landed while a worker held the workflow (what this test is about).
     print(f"\ncancels landing on a woken workflow ({store.dialect}): "
@@ -1301,7 +1287,7 @@ def test_cli_send_delivers_an_event_and_refuses_a_bad_one(store: Store, db_url: 
     app = "tests.integration.test_waiting:Tally"
     with Worker(store, [Tally], **FAST):
         wid = client.start(Tally, Opening(tag, expected=1))
-        wait_for(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
+        wait_until(lambda: in_state(client, wid, "Counting", "waiting"), "the workflow to wait")
         for event_type, data, fragment in (
             ("Bogus", "{}", "no event named 'Bogus'"),
             ("Add", '{"n": "five"}', "expected int, got 'five' @ data.n"),
@@ -1318,7 +1304,7 @@ def test_cli_send_delivers_an_event_and_refuses_a_bad_one(store: Store, db_url: 
         assert good.returncode == 0, good
         [row] = event_rows(store, wid)
         assert good.stdout.strip() == f"event {row.id} sent"
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=WAIT)
     assert info.state == Counted(tag, (5,))
     assert len(assert_consumed_exactly_once(client, wid)) == 1
 
@@ -1331,16 +1317,16 @@ def test_latency_from_send_to_the_event_handler(store: Store) -> None:
     latencies: list[float] = []
     with Worker(store, [Echo], concurrency=4, poll_interval=0.05):
         wid = client.start(Echo, Echoing(tag))
-        for seq in range(200):
-            wait_for(lambda: client.get(wid).status == "waiting", "the workflow to wait",
-                     every=0.001)
+        for seq in range(50):
+            wait_until(lambda: client.get(wid).status == "waiting", "the workflow to wait",
+                       interval=0.001)
             seen = HANDLER_SEEN[(tag, seq)] = threading.Event()
             t0 = time.perf_counter()
             client.send(wid, Beep(seq))
-            assert seen.wait(5), f"event {seq} was not handled"
+            assert seen.wait(WAIT), f"event {seq} was not handled"
             latencies.append(HANDLER_STARTED[(tag, seq)] - t0)
         client.send(wid, Beep(-1))
-        info = client.wait(wid, timeout=10)
+        info = client.wait(wid, timeout=WAIT)
     assert info.state == Echoed(tag)
     latencies.sort()
     p50 = statistics.median(latencies)
@@ -1348,5 +1334,4 @@ def test_latency_from_send_to_the_event_handler(store: Store) -> None:
     print(f"\nsend -> handler latency on {store.dialect} "
           f"({'serializable' if 'serializable' in str(store.engine.url) else 'default'}): "
           f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms "
-          f"over {len(latencies)} sends")
-    assert p50 < 0.5
+          f"over {len(latencies)} sends")  # a figure to read, not a claim: bench/ measures it
