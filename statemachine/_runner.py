@@ -258,6 +258,8 @@ class Runner:
 
         def news_from_children(conn: Connection) -> bool:
             assert children is not None
+            # Again under the row's lock: a child that finished since the decision could not
+            # wake this (running) row, so its slot is handed on here or never.
             if children.max_running is not None:
                 sql.release_children(conn, row.id, children.max_running)
             counts = ChildCounts(*sql.child_counts(conn, row.id))
