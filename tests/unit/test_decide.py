@@ -399,6 +399,21 @@ def test_a_cancel_request_without_a_cancel_route_ends_the_workflow() -> None:
     assert change.wake_parent == PARENT
 
 
+def test_a_cancel_request_comes_before_a_waiting_states_events() -> None:
+    row = waiting_row(cancel_requested="by ops")
+    action, asked = decided(attempt(row, Waits.spec, Waiting()),
+                            PendingEvents=[seen("Payment", event=Payment(5))])
+    assert committed(action).status == "cancelled"
+    assert asked == []  # the events were not even looked at
+
+
+def test_a_cancel_request_comes_before_reconciling_an_attempt_in_doubt() -> None:
+    row = claimed("Charging", {"n": 0}, in_doubt="it raised", cancel_requested="by ops")
+    action, _ = decided(attempt(row, Cancellable.spec, Charging()))
+    assert isinstance(action, RunHandler)
+    assert action.handler.name == "undo"
+
+
 def test_a_step_runs_its_handler() -> None:
     action, asked = decided(attempt(claimed()))
     assert isinstance(action, RunHandler)
