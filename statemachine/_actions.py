@@ -25,6 +25,7 @@ __all__ = [
     "ChildrenResults",
     "Commit",
     "CountChildren",
+    "Done",
     "Dump",
     "EnteredAt",
     "EventSeen",
@@ -60,6 +61,8 @@ class Attempt:
     now: datetime
     worker: str
     lease: float
+    # The machine's state encoder (`StateCodec.dump`), for a handler's returned state.
+    dump: Dump
 
 
 # -- questions (yielded by `decide`; the answer is sent back) ------------------------------------
@@ -170,13 +173,16 @@ class RunErrorRoute:
         return self.handler.error_route.fn, (self.failure,)
 
 
+Done = Literal["transition", "finish", "park", "in_doubt", "cancel", "retry", "rerun"]
+
+
 @attrs.frozen
 class Commit:
-    """Commit `change`. `what` says which rule chose it (for logs and tests)."""
+    """Commit `change`. `what` says which rule chose it (a handler's new state is "transition")."""
 
     row: ClaimedRow
     change: Change
-    what: Literal["transition", "finish", "park", "in_doubt", "cancel", "retry", "rerun"]
+    what: Done
 
 
 @attrs.frozen

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import traceback as tb
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -38,7 +38,7 @@ from ._actions import (
     ChildrenResults,
     Commit,
     CountChildren,
-    Dump,
+    Done,
     EnteredAt,
     EventSeen,
     Flow,
@@ -49,6 +49,7 @@ from ._actions import (
     RecordExternalChange,
     RejectEvent,
     ReleaseChildren,
+    Returned,
     RunErrorRoute,
     RunHandler,
     Settle,
@@ -56,7 +57,7 @@ from ._actions import (
 )
 from ._declarations import ChildResult, Delayed, Failure, Rerun, state_name
 from ._limits import RetryAfter
-from ._records import FINISHED, Change, ChildCounts, ChildStart, ClaimedRow, Committed
+from ._records import FINISHED, Change, ChildCounts, ClaimedRow, Committed, HistoryKind
 from ._spec import Handler
 from .errors import DataError, StoreError
 
@@ -129,7 +130,7 @@ def decide(a: Attempt) -> Flow:
     return RunHandler(row, handler)
 
 
-def _commit(a: Attempt, what: Any, change: Change) -> Commit:
+def _commit(a: Attempt, what: Done, change: Change) -> Commit:
     return Commit(a.row, _telling_the_parent(change, a.row), what)
 
 
@@ -288,8 +289,19 @@ def children_ready(wait_for: Literal["all", "first"], counts: ChildCounts) -> bo
 # -- after a handler ---------------------------------------------------------------------------
 
 
-def after_handler(a: Attempt, run: RunHandler, outcome: Outcome, dump: Dump, *,
-                  sticky: bool) -> Action:
+@attrs.frozen
+class _Returner:
+    """Who returned a state: its name and declared targets, how its commit is recorded, and
+    whose permanent failure a mistyped state is (None: park)."""
+
+    name: str
+    targets: tuple[type, ...]
+    kind: HistoryKind
+    error: str | None = None
+    fails: Handler[Any] | None = None
+
+
+def after_handler(a: Attempt, run: RunHandler, outcome: Outcome, *, sticky: bool) -> Action:
     """The action for what a handler did: its returned state committed, a retry, an in-doubt
     mark, the error route, or a park. `sticky`: keep the lease to run the next state at once."""
     row, handler = run.row, run.handler
@@ -299,11 +311,11 @@ def after_handler(a: Attempt, run: RunHandler, outcome: Outcome, dump: Dump, *,
     value = outcome.value
     if isinstance(value, Rerun) and run.call.kind == "reconciled" and run.step is not None:
         return _rerun_or_give_up(a, run.step)
-    return _result(a, handler.name, handler.targets, value, dump, run.call, outcome.children,
-                   sticky=sticky, on_bad_data=handler)
+    who = _Returner(handler.name, handler.targets, run.call.kind, fails=handler)
+    return _result(a, who, outcome, run.call, sticky=sticky)
 
 
-def after_error_route(a: Attempt, run: RunErrorRoute, outcome: Outcome, dump: Dump, *,
+def after_error_route(a: Attempt, run: RunErrorRoute, outcome: Outcome, *,
                       sticky: bool) -> Action:
     """The action for what an error route did: its state committed (history kind error_route,
     the failure as its error), or, if it failed too, a park."""
@@ -315,8 +327,8 @@ def after_error_route(a: Attempt, run: RunErrorRoute, outcome: Outcome, dump: Du
         e = outcome.error
         return _park(a, a.row, f"{text}\nerror route {route.name!r} failed too: "
                      f"{type(e).__name__}: {e}")
-    return _result(a, route.name, route.targets, outcome.value, dump, Call(), outcome.children,
-                   sticky=sticky, kind="error_route", error=text)
+    who = _Returner(route.name, route.targets, "error_route", error=text)
+    return _result(a, who, outcome, Call(), sticky=sticky)
 
 
 def _after_error(a: Attempt, handler: Handler[Any], error: BaseException) -> Action:
@@ -355,37 +367,34 @@ def _failed_for_good(a: Attempt, handler: Handler[Any], failure: Failure) -> Act
                                             started_at=a.now))
 
 
-def _result(
-    a: Attempt, name: str, allowed: tuple[type, ...], value: object, dump: Dump, call: Call,
-    children: Sequence[ChildStart], *, sticky: bool, kind: Any = None, error: str | None = None,
-    on_bad_data: Handler[Any] | None = None,
-) -> Action:
+def _result(a: Attempt, who: _Returner, returned: Returned, call: Call, *,
+            sticky: bool) -> Action:
     """The commit of a handler's returned state. An undeclared state parks (the code and its
     annotation disagree); a state whose fields have the wrong types is a permanent failure of
     the handler that returned it (its error route, or a park)."""
     row, spec = a.row, a.spec
-    delayed = value if isinstance(value, Delayed) else None
-    state = delayed.state if delayed is not None else value
-    undeclared = unexpected_state_error(name, state, allowed)
+    delayed = returned.value if isinstance(returned.value, Delayed) else None
+    state = delayed.state if delayed is not None else returned.value
+    undeclared = unexpected_state_error(who.name, state, who.targets)
     if undeclared is not None:
         return _park(a, row, str(undeclared))
     try:
-        stored, data = dump(state)
+        stored, data = a.dump(state)
     except DataError as e:
-        message = f"handler {name!r} returned a state that does not fit its class: {e}"
-        if on_bad_data is None:
-            return _park(a, row, f"{error}\n{message}" if error else message)
-        return _failed_for_good(a, on_bad_data, Failure(
+        message = f"handler {who.name!r} returned a state that does not fit its class: {e}"
+        if who.fails is None:
+            return _park(a, row, f"{who.error}\n{message}" if who.error else message)
+        return _failed_for_good(a, who.fails, Failure(
             type="DataError", message=message, attempt=row.attempt, permanent=True))
     except Exception as e:
-        return _park(a, row, f"handler {name!r} returned a state that does not serialize: "
+        return _park(a, row, f"handler {who.name!r} returned a state that does not serialize: "
                      f"{type(e).__name__}: {e}")
     terminal = spec.is_terminal(type(state))
     keep = a.lease if sticky and delayed is None and not terminal else None
     change = Change.transition(row, stored, data, terminal=terminal, worker=a.worker,
-                               started_at=a.now, keep_lease=keep, kind=kind or call.kind,
-                               error=error)
-    started = tuple(children)
+                               started_at=a.now, keep_lease=keep, kind=who.kind,
+                               error=who.error)
+    started = returned.children
     waits = spec.children.get(type(state))
     if started and waits is not None and waits.max_running is not None:
         started = tuple(attrs.evolve(c, queued=True) for c in started)

@@ -124,7 +124,7 @@ class Runner:
         except StateMachineError as e:  # DataError, UnknownState
             load_error = str(e)
         turn = _Turn(loaded, Attempt(row, loaded.spec, state, load_error, self.store.clock.now(),
-                                     self.worker, self.lease))
+                                     self.worker, self.lease, loaded.codec.dump))
         action: Action | None = drive(rules.decide(turn.attempt),
                                       lambda q: self._answers(row, loaded.codec, q))
         while action is not None:
@@ -162,14 +162,14 @@ class Runner:
             if run.handler.transactional:
                 return self._run_transactional(turn, run)
             return rules.after_handler(turn.attempt, run, self._call(turn, run),
-                                       turn.loaded.codec.dump, sticky=self._sticky())
+                                       sticky=self._sticky())
         finally:
             if held is not None and held[1] is not None:
                 self.store.sql.release_slot(held[0], held[1], run.row.id)
 
     def _run_error_route(self, turn: _Turn, run: RunErrorRoute) -> Action:
         return rules.after_error_route(turn.attempt, run, self._call(turn, run),
-                                       turn.loaded.codec.dump, sticky=self._sticky())
+                                       sticky=self._sticky())
 
     def _call(self, turn: _Turn, run: RunHandler | RunErrorRoute,
               connection: Connection | None = None) -> Outcome:
@@ -204,8 +204,7 @@ class Runner:
             outcome = self._call(turn, run, conn)
             if isinstance(outcome, Raised):
                 raise outcome.error  # rolls back; handled below like any handler's error
-            action = rules.after_handler(turn.attempt, run, outcome, turn.loaded.codec.dump,
-                                         sticky=self._sticky())
+            action = rules.after_handler(turn.attempt, run, outcome, sticky=self._sticky())
             if not (isinstance(action, Commit) and action.what == "transition"):
                 raise _Rollback(action)
             done = self.store.sql.commit_in(conn, action.change)
@@ -222,8 +221,7 @@ class Runner:
                             run.row.state)
             return r.action
         except Exception as e:
-            return rules.after_handler(turn.attempt, run, Raised(e), turn.loaded.codec.dump,
-                                       sticky=False)
+            return rules.after_handler(turn.attempt, run, Raised(e), sticky=False)
         return self._committed(commit, done)
 
     # -- committing --------------------------------------------------------------------------
@@ -260,6 +258,8 @@ class Runner:
 
         def news_from_children(conn: Connection) -> bool:
             assert children is not None
+            # Again under the row's lock: a child that finished since the decision could not
+            # wake this (running) row, so its slot is handed on here or never.
             if children.max_running is not None:
                 sql.release_children(conn, row.id, children.max_running)
             counts = ChildCounts(*sql.child_counts(conn, row.id))

@@ -192,7 +192,7 @@ def _collect(initial: type, terminal: list[type], handlers: list[AnyHandler]) ->
     return list(seen)
 
 
-def _aliases(where: _Where, cls: type) -> tuple[str, ...]:
+def _check_alias_list(where: _Where, cls: type) -> tuple[str, ...]:
     found = cls.__dict__.get("__state_aliases__", ())
     if isinstance(found, str) or not all(isinstance(a, str) for a in found):
         raise where.error(f"{cls.__name__}.__state_aliases__ must be a tuple of names", cls)
@@ -256,11 +256,11 @@ def _check_state_names(where: _Where, known: list[type]) -> dict[str, type]:
 
 def _check_aliases(where: _Where, known: list[type], names: dict[str, type]) -> dict[str, type]:
     for s in known:
-        for alias in _aliases(where, s):
+        for alias in _check_alias_list(where, s):
             if alias in names and names[alias] is not s:
                 raise where.error(f"{s.__name__} lists alias {alias!r}, which names another "
                                   "state", s)
-    return {alias: s for s in known for alias in _aliases(where, s)}
+    return {alias: s for s in known for alias in _check_alias_list(where, s)}
 
 
 def _check_initial_not_terminal(where: _Where, initial: type, terminal: frozenset[type]) -> None:
@@ -282,9 +282,10 @@ def _check_ways_out(where: _Where, known: list[type], terminal: frozenset[type],
 
 def _check_cancel_sources(where: _Where, cancel: AnyHandler | None,
                           terminal: frozenset[type]) -> None:
-    for source in cancel.sources if cancel is not None else ():
+    if cancel is None:
+        return
+    for source in cancel.sources:
         if source in terminal:
-            assert cancel is not None
             raise where.error(f"cancel route {cancel.name!r} handles terminal state "
                               f"{source.__name__}; finished workflows cannot be cancelled", source)
 

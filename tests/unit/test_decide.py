@@ -276,7 +276,7 @@ def claimed(state: str = "OrderPlaced", data: Any = None, **fields: Any) -> Clai
 
 def attempt(row: ClaimedRow, spec: MachineSpec = Order.spec, state: object = PLACED,
             load_error: str | None = None, now: datetime = NOW) -> Attempt:
-    return Attempt(row, spec, state, load_error, now, "w1", 30.0)
+    return Attempt(row, spec, state, load_error, now, "w1", 30.0, StateCodec(spec).dump)
 
 
 class Answers:
@@ -314,7 +314,7 @@ def outcome_of(value: object, a: Attempt | None = None, handler: Any = CHARGE,
     a = a or attempt(claimed())
     run = run or RunHandler(a.row, handler)
     given = Raised(raised(value)) if isinstance(value, BaseException) else Returned(value)
-    return after_handler(a, run, given, StateCodec(a.spec).dump, sticky=sticky)
+    return after_handler(a, run, given, sticky=sticky)
 
 
 # -- the module itself ---------------------------------------------------------------------------
@@ -397,6 +397,21 @@ def test_a_cancel_request_without_a_cancel_route_ends_the_workflow() -> None:
     assert (change.status, change.cancel_children, change.clear_cancel) == (
         "cancelled", "by ops", True)
     assert change.wake_parent == PARENT
+
+
+def test_a_cancel_request_comes_before_a_waiting_states_events() -> None:
+    row = waiting_row(cancel_requested="by ops")
+    action, asked = decided(attempt(row, Waits.spec, Waiting()),
+                            PendingEvents=[seen("Payment", event=Payment(5))])
+    assert committed(action).status == "cancelled"
+    assert asked == []  # the events were not even looked at
+
+
+def test_a_cancel_request_comes_before_reconciling_an_attempt_in_doubt() -> None:
+    row = claimed("Charging", {"n": 0}, in_doubt="it raised", cancel_requested="by ops")
+    action, _ = decided(attempt(row, Cancellable.spec, Charging()))
+    assert isinstance(action, RunHandler)
+    assert action.handler.name == "undo"
 
 
 def test_a_step_runs_its_handler() -> None:
@@ -656,7 +671,7 @@ def test_children_started_into_a_capped_state_are_queued() -> None:
     a = attempt(claimed("Spawn", {}, machine="Fan"), Fan.spec, Spawn())
     kids = (ChildStart(uuid.uuid4(), "m", "S", {}),)
     action = after_handler(a, RunHandler(a.row, Fan.spec.steps[Spawn]),
-                           Returned(Gathering(), kids), StateCodec(Fan.spec).dump, sticky=False)
+                           Returned(Gathering(), kids), sticky=False)
     change = committed(action)
     assert [c.queued for c in change.children] == [True]
 
@@ -789,8 +804,7 @@ def test_the_error_routes_state_is_committed_with_the_failure_as_error() -> None
     failure = Failure(type="CardDeclined", message="declined", attempt=5)
     run = RunErrorRoute(a.row, CHARGE, failure)
     change = committed(after_error_route(
-        a, run, Returned(PaymentFailed(order_id="o1", reason="declined")),
-        StateCodec(Order.spec).dump, sticky=True))
+        a, run, Returned(PaymentFailed(order_id="o1", reason="declined")), sticky=True))
     assert (change.kind, change.status, change.to_state) == ("error_route", "done",
                                                             "PaymentFailed")
     assert change.error == "attempt 5: CardDeclined: declined"
@@ -800,8 +814,7 @@ def test_an_error_route_that_fails_too_parks_with_both_errors() -> None:
     a = attempt(claimed(attempt=5))
     run = RunErrorRoute(a.row, CHARGE, Failure(type="CardDeclined", message="declined",
                                                 attempt=5))
-    change = committed(after_error_route(a, run, Raised(raised(OSError("disk"))),
-                                         StateCodec(Order.spec).dump, sticky=False))
+    change = committed(after_error_route(a, run, Raised(raised(OSError("disk"))), sticky=False))
     assert change.kind == "parked"
     assert change.error is not None
     assert "CardDeclined: declined" in change.error
@@ -967,3 +980,17 @@ def test_a_data_error_raised_by_a_handler_is_not_retried() -> None:
     action = outcome_of(DataError("machine m, state S: expected int, got 'x' @ data.n"))
     assert isinstance(action, RunErrorRoute)
     assert action.failure.permanent
+
+
+def test_an_error_route_returning_a_mistyped_state_parks_with_the_failure() -> None:
+    a = attempt(claimed(attempt=5))
+    run = RunErrorRoute(a.row, CHARGE, Failure(type="CardDeclined", message="declined",
+                                                attempt=5))
+    change = committed(after_error_route(
+        a, run, Returned(PaymentFailed(order_id="o1", reason=3)),  # type: ignore[arg-type]
+        sticky=False))
+    assert change.kind == "parked"
+    assert change.error is not None
+    assert "CardDeclined: declined" in change.error
+    assert "'payment_failed' returned a state that does not fit" in change.error
+    assert "data.reason" in change.error
