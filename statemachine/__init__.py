@@ -5,33 +5,11 @@ state classes with one `step` handler per state, start workflows with a `Client`
 with a `Worker` inside your own process.
 """
 
+import importlib as _importlib
 import inspect as _inspect
 import sys as _sys
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from ._client import Client, HistoryEntry, WorkflowInfo
-from ._clock import Clock, SystemClock
-from ._context import Context
-from ._definition import (
-    ChildResult,
-    Delayed,
-    Failure,
-    Machine,
-    Rerun,
-    RetryPolicy,
-    later,
-    on_cancel,
-    on_children,
-    on_event,
-    on_timeout,
-    rerun,
-    state_name,
-    step,
-)
-from ._health import WorkerHealth
-from ._limits import Limit, RetryAfter
-from ._runtime import Worker
-from ._schedules import Schedule
-from ._store import Store
 from .errors import (
     DatabaseUnavailable,
     DataError,
@@ -47,6 +25,49 @@ from .errors import (
     WaitTimeout,
     WorkflowNotFound,
 )
+
+if _TYPE_CHECKING:
+    from ._client import Client, HistoryEntry, WorkflowInfo
+    from ._clock import Clock, SystemClock
+    from ._context import Context
+    from ._definition import (
+        ChildResult,
+        Delayed,
+        Failure,
+        Machine,
+        Rerun,
+        RetryPolicy,
+        later,
+        on_cancel,
+        on_children,
+        on_event,
+        on_timeout,
+        rerun,
+        state_name,
+        step,
+    )
+    from ._health import WorkerHealth
+    from ._limits import Limit, RetryAfter
+    from ._runtime import Worker
+    from ._schedules import Schedule
+    from ._store import Store
+
+# Where each lazily loaded name is defined. Importing the package loads no database driver, so
+# `statemachine._decide` (the engine's rules) can be imported without SQLAlchemy or psycopg; a
+# name's module is imported the first time the name is used.
+_LAZY = {
+    **dict.fromkeys(["Client", "HistoryEntry", "WorkflowInfo"], "_client"),
+    **dict.fromkeys(["Clock", "SystemClock"], "_clock"),
+    "Context": "_context",
+    **dict.fromkeys(["ChildResult", "Delayed", "Failure", "Machine", "Rerun", "RetryPolicy",
+                     "later", "on_cancel", "on_children", "on_event", "on_timeout", "rerun",
+                     "state_name", "step"], "_definition"),
+    "WorkerHealth": "_health",
+    **dict.fromkeys(["Limit", "RetryAfter"], "_limits"),
+    "Worker": "_runtime",
+    "Schedule": "_schedules",
+    "Store": "_store",
+}
 
 __all__ = [
     "ChildResult",
@@ -93,7 +114,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def _present_as_public(namespace: dict[str, object]) -> None:
+def _present_as_public(obj: object) -> None:
     """Make every exported class and function say it lives here (``statemachine.Worker``, not
     ``statemachine._runtime.Worker``), as httpx does: reprs, tracebacks and pickles then name the
     public path, which stays put when private modules move.
@@ -101,14 +122,12 @@ def _present_as_public(namespace: dict[str, object]) -> None:
     A class's string annotations (``from __future__ import annotations``) are resolved against
     its defining module's namespace first: `typing.get_type_hints` (and so attrs and cattrs) look
     them up through ``__module__``, which from now on names this package."""
-    for name in __all__:
-        obj = namespace[name]
-        module = getattr(obj, "__module__", "")
-        if not module.startswith(__name__ + "."):
-            continue  # not defined in this package: not ours to rename
-        if isinstance(obj, type):
-            obj.__annotations__ = _resolved_annotations(obj, vars(_sys.modules[module]))
-        obj.__module__ = __name__
+    module = getattr(obj, "__module__", "")
+    if not module.startswith(__name__ + "."):
+        return  # not defined in this package (or already renamed): not ours to rename
+    if isinstance(obj, type):
+        obj.__annotations__ = _resolved_annotations(obj, vars(_sys.modules[module]))
+    obj.__module__ = __name__
 
 
 def _resolved_annotations(cls: type, namespace: dict[str, object]) -> dict[str, object]:
@@ -125,4 +144,21 @@ def _resolved_annotations(cls: type, namespace: dict[str, object]) -> dict[str, 
     return resolved
 
 
-_present_as_public(globals())
+def __getattr__(name: str) -> object:
+    """Load a lazily exported name from its module (once; then it is a plain attribute)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    obj = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
+    _present_as_public(obj)
+    globals()[name] = obj
+    return obj
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+for _name in __all__:
+    if _name not in _LAZY:
+        _present_as_public(globals()[_name])

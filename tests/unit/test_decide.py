@@ -321,18 +321,26 @@ def outcome_of(value: object, a: Attempt | None = None, handler: Any = CHARGE,
 
 
 def test_importing_the_decision_module_loads_no_database_driver() -> None:
-    # The package's __init__ imports the store; load the module under a bare package to see
-    # what the decision module itself pulls in.
+    # The package loads its modules lazily, so a plain import shows exactly what the decision
+    # module pulls in.
     code = (
-        "import sys, types\n"
-        f"pkg = types.ModuleType('statemachine'); pkg.__path__ = [{str(ROOT / 'statemachine')!r}]\n"
-        "sys.modules['statemachine'] = pkg\n"
+        "import sys\n"
         "import statemachine._decide\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'psycopg'))\n"
         "print(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+                         check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_using_the_package_loads_the_store_when_needed() -> None:
+    # The other side of laziness: a name that needs the database still works from the package.
+    code = ("import sys, statemachine\n"
+            "assert 'sqlalchemy' not in sys.modules\n"
+            "print(statemachine.Store.__module__, 'sqlalchemy' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "statemachine True"
 
 
 # -- decide: the dispatch order ------------------------------------------------------------------
