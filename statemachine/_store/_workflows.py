@@ -6,7 +6,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ARRAY,
@@ -353,7 +353,7 @@ class WorkflowStatements(StatementGroup):
         """The compare-and-set UPDATE and the history values for one shape of change, with a
         bind parameter for every value (built once per shape, then reused)."""
         (has_token, expect_status, keep_lease, wake, attempt_rule, new_state, clear_cancel,
-         doubt) = shape
+         doubt, keep_data) = shape
         conds = [w.c.id == bindparam("p_id", type_=w.c.id.type),
                  w.c.version == bindparam("p_version", type_=BigInteger())]
         if has_token:
@@ -365,6 +365,8 @@ class WorkflowStatements(StatementGroup):
             state=bindparam("p_state", type_=Text()), data=bindparam("p_data", type_=JSONData),
             status=bindparam("p_status", type_=Text()), version=w.c.version + 1,
             updated_at=now, last_error=bindparam("p_last_error", type_=Text()))
+        if keep_data:  # the stored data did not decode: parked as it is, for a person to read
+            del values["data"]
         if keep_lease:
             values.update(status="running", wake_at=self._later_param("p_wake"))
             if new_state:  # a new state starts its first attempt; otherwise the count goes on
@@ -443,7 +445,20 @@ class WorkflowStatements(StatementGroup):
 
 
 
-_Shape = tuple[bool, bool, bool, str, str, bool, bool, bool]
+class _Shape(NamedTuple):
+    """What distinguishes the SQL of one change from another's (the values aside)."""
+
+    has_token: bool
+    expect_status: bool
+    keep_lease: bool
+    wake: str  # "lease", "at", "after" or "none"
+    attempt_rule: str  # "reset", "uncount" or "keep"
+    new_state: bool
+    clear_cancel: bool
+    doubt: bool
+    # `data` None: leave the row's data as stored (a row whose data does not decode is parked
+    # without losing it; its history row records JSON null).
+    keep_data: bool
 
 
 def _shape(c: Change) -> _Shape:
@@ -457,8 +472,8 @@ def _shape(c: Change) -> _Shape:
     else:
         attempt_rule = "uncount" if c.uncount_attempt else "keep"
     doubt = c.in_doubt is not None or c.new_state
-    return (c.lease_token is not None, bool(c.expect_status), c.keep_lease is not None, wake,
-            attempt_rule, c.new_state, c.clear_cancel, doubt)
+    return _Shape(c.lease_token is not None, bool(c.expect_status), c.keep_lease is not None,
+                  wake, attempt_rule, c.new_state, c.clear_cancel, doubt, c.data is None)
 
 
 def _claimed_sqlite(r: Any, token: str) -> ClaimedRow:
