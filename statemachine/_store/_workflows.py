@@ -191,8 +191,10 @@ class WorkflowStatements(StatementGroup):
         def claimed(r: Any) -> ClaimedRow:
             (wid, machine, state, data, version, entered, attempt, status, rec, parent, cancel,
              doubt) = r
-            return ClaimedRow(wid, machine, state, data, version, entered, attempt, token, status,
-                              not rec, parent, cancel, doubt)
+            return ClaimedRow(id=wid, machine=machine, state=state, data=data, version=version,
+                              entered_version=entered, attempt=attempt, lease_token=token,
+                              previous_status=status, external_change=not rec, parent_id=parent,
+                              cancel_requested=cancel, in_doubt=doubt)
 
         if self._db.fast_ok():
             return [claimed(r) for r in self._db.fast("claim", stmts, params, many=True)]
@@ -483,7 +485,10 @@ def _claimed_sqlite(r: Any, token: str) -> ClaimedRow:
     data, data_error = decode_value("data", r.data, json_text=True)
     attempt, attempt_error = decode_value("attempt", r.attempt, integer=True)
     errors = [e for e in (data_error, attempt_error) if e]
-    return ClaimedRow(r.id, r.machine, r.state, None if data_error else data, r.version,
-                      r.entered_version, attempt + 1 if not attempt_error else 1, token, r.status,
-                      not r.rec, r.parent_id, r.cancel_requested, r.in_doubt,
+    return ClaimedRow(id=r.id, machine=r.machine, state=r.state,
+                      data=None if data_error else data, version=r.version,
+                      entered_version=r.entered_version,
+                      attempt=1 if attempt_error else attempt + 1, lease_token=token,
+                      previous_status=r.status, external_change=not r.rec, parent_id=r.parent_id,
+                      cancel_requested=r.cancel_requested, in_doubt=r.in_doubt,
                       data_error="; ".join(errors) or None)
