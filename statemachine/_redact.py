@@ -90,6 +90,11 @@ class Redactor:
         elif extra is not None:
             self._patterns = [re.compile(p) for p in extra]
 
+    @property
+    def rules(self) -> tuple[object, ...]:
+        """What this redactor adds to the defaults (equal rules: the same redaction)."""
+        return (self._function, *(p.pattern for p in self._patterns))
+
     def __call__(self, text: str) -> str:
         text = redact(text)
         for pattern in self._patterns:
@@ -116,9 +121,9 @@ class RedactingFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def add(self, redactor: Redactor) -> None:
-        """Apply `redactor`'s rules too."""
+        """Apply `redactor`'s rules too (once, however many stores share them)."""
         with self._lock:
-            if redactor not in self._redactors:
+            if redactor.rules not in {r.rules for r in self._redactors}:
                 self._redactors.append(redactor)
 
     def redact(self, text: str) -> str:
@@ -133,7 +138,7 @@ class RedactingFilter(logging.Filter):
         except Exception:  # a broken format string: leave it to logging to report
             return True
         cleaned = self.redact(message)
-        if cleaned != message or record.args:
+        if cleaned != message:  # (else the template and its arguments stay, for grouping)
             record.msg, record.args = cleaned, ()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

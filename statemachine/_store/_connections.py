@@ -164,7 +164,7 @@ class Database:
             except BaseException:
                 try:
                     trans.rollback()
-                except DBAPIError:
+                except Exception:  # noqa: S110 (the error that matters is re-raised below)
                     pass  # the connection is gone, and the transaction with it
                 raise
             try:

@@ -191,8 +191,10 @@ class WorkflowStatements(StatementGroup):
         def claimed(r: Any) -> ClaimedRow:
             (wid, machine, state, data, version, entered, attempt, status, rec, parent, cancel,
              doubt) = r
-            return ClaimedRow(wid, machine, state, data, version, entered, attempt, token, status,
-                              not rec, parent, cancel, doubt)
+            return ClaimedRow(id=wid, machine=machine, state=state, data=data, version=version,
+                              entered_version=entered, attempt=attempt, lease_token=token,
+                              previous_status=status, external_change=not rec, parent_id=parent,
+                              cancel_requested=cancel, in_doubt=doubt)
 
         if self._db.fast_ok():
             return [claimed(r) for r in self._db.fast("claim", stmts, params, many=True)]
@@ -353,7 +355,7 @@ class WorkflowStatements(StatementGroup):
         """The compare-and-set UPDATE and the history values for one shape of change, with a
         bind parameter for every value (built once per shape, then reused)."""
         (has_token, expect_status, keep_lease, wake, attempt_rule, new_state, clear_cancel,
-         doubt) = shape
+         doubt, keep_data) = shape
         conds = [w.c.id == bindparam("p_id", type_=w.c.id.type),
                  w.c.version == bindparam("p_version", type_=BigInteger())]
         if has_token:
@@ -365,6 +367,8 @@ class WorkflowStatements(StatementGroup):
             state=bindparam("p_state", type_=Text()), data=bindparam("p_data", type_=JSONData),
             status=bindparam("p_status", type_=Text()), version=w.c.version + 1,
             updated_at=now, last_error=bindparam("p_last_error", type_=Text()))
+        if keep_data:  # the stored data did not decode: parked as it is, for a person to read
+            del values["data"]
         if keep_lease:
             values.update(status="running", wake_at=self._later_param("p_wake"))
             if new_state:  # a new state starts its first attempt; otherwise the count goes on
@@ -453,6 +457,9 @@ class _Shape(NamedTuple):
     new_state: bool
     clear_cancel: bool
     doubt: bool  # the statement sets in_doubt (to a mark, or NULL to clear it)
+    # `data` None: leave the row's data as stored (a row whose data does not decode is parked
+    # without losing it; its history row records JSON null).
+    keep_data: bool
 
 
 def _shape(c: Change) -> _Shape:
@@ -469,7 +476,8 @@ def _shape(c: Change) -> _Shape:
         has_token=c.lease_token is not None, expect_status=bool(c.expect_status),
         keep_lease=c.keep_lease is not None, wake=wake, attempt_rule=attempt_rule,
         new_state=c.new_state, clear_cancel=c.clear_cancel,
-        doubt=c.mark_in_doubt is not None or c.clear_in_doubt or c.new_state)
+        doubt=c.mark_in_doubt is not None or c.clear_in_doubt or c.new_state,
+        keep_data=c.data is None)
 
 
 def _claimed_sqlite(r: Any, token: str) -> ClaimedRow:
@@ -479,7 +487,10 @@ def _claimed_sqlite(r: Any, token: str) -> ClaimedRow:
     data, data_error = decode_value("data", r.data, json_text=True)
     attempt, attempt_error = decode_value("attempt", r.attempt, integer=True)
     errors = [e for e in (data_error, attempt_error) if e]
-    return ClaimedRow(r.id, r.machine, r.state, None if data_error else data, r.version,
-                      r.entered_version, attempt + 1 if not attempt_error else 1, token, r.status,
-                      not r.rec, r.parent_id, r.cancel_requested, r.in_doubt,
+    return ClaimedRow(id=r.id, machine=r.machine, state=r.state,
+                      data=None if data_error else data, version=r.version,
+                      entered_version=r.entered_version,
+                      attempt=1 if attempt_error else attempt + 1, lease_token=token,
+                      previous_status=r.status, external_change=not r.rec, parent_id=r.parent_id,
+                      cancel_requested=r.cancel_requested, in_doubt=r.in_doubt,
                       data_error="; ".join(errors) or None)

@@ -183,7 +183,9 @@ def attrs_examples(cls: type, conn: RecordingConnection) -> list[Any]:
     if cls is Change:
         # The row's next wake-up is decided by these three, in this order of precedence.
         out += [attrs.evolve(required, keep_lease=1.0), attrs.evolve(required, wake_after=1.0),
-                attrs.evolve(required, wake_at=WHEN)]
+                attrs.evolve(required, wake_at=WHEN),
+                # Data None: the row's data is kept as stored (parking a row that did not decode).
+                attrs.evolve(required, data=None)]
     return out
 
 

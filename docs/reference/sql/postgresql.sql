@@ -80,21 +80,30 @@ FROM u RETURNING sm_history.version)
 FROM u JOIN i ON i.version = u.version;
 
 -- name: commit#6
-INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, error, worker, started_at, finished_at) VALUES (%(p_id)s::UUID, %(h_version)s::BIGINT, %(h_kind)s::VARCHAR, %(h_from)s::VARCHAR, %(p_state)s::VARCHAR, %(p_data)s::JSONB, %(h_status)s::VARCHAR, %(h_cause)s::VARCHAR, %(h_attempt)s::INTEGER, %(h_error)s::VARCHAR, %(h_worker)s::VARCHAR, %(h_started)s::TIMESTAMP WITH TIME ZONE, now());
+WITH u AS 
+(UPDATE sm_workflows SET state=%(p_state)s::VARCHAR, status=%(p_status)s::VARCHAR, version=(sm_workflows.version + %(version_1)s::BIGINT), entered_version=(sm_workflows.version + %(version_2)s::BIGINT), attempt=%(param_1)s::INTEGER, wake_at=%(param_2)s::TIMESTAMP WITH TIME ZONE, lease_token=%(param_3)s::VARCHAR, lease_owner=%(param_4)s::VARCHAR, last_error=%(p_last_error)s::VARCHAR, updated_at=now(), in_doubt=%(p_in_doubt)s::VARCHAR WHERE sm_workflows.id = %(p_id)s::UUID AND sm_workflows.version = %(p_version)s::BIGINT RETURNING sm_workflows.id, sm_workflows.version, sm_workflows.cancel_requested), 
+i AS 
+(INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, error, worker, started_at, finished_at) SELECT u.id AS id, u.version AS version, %(h_kind)s::VARCHAR AS anon_1, %(h_from)s::VARCHAR AS anon_2, %(p_state)s::VARCHAR AS anon_3, %(p_data)s::JSONB AS anon_4, %(h_status)s::VARCHAR AS anon_5, %(h_cause)s::VARCHAR AS anon_6, %(h_attempt)s::INTEGER AS anon_7, %(h_error)s::VARCHAR AS anon_8, %(h_worker)s::VARCHAR AS anon_9, %(h_started)s::TIMESTAMP WITH TIME ZONE AS anon_10, now() AS now_1 
+FROM u RETURNING sm_history.version)
+ SELECT u.version, u.cancel_requested 
+FROM u JOIN i ON i.version = u.version;
 
 -- name: commit#7
-UPDATE sm_events SET status=%(status)s::VARCHAR, consumed_at=now(), consumed_version=%(consumed_version)s::BIGINT WHERE sm_events.id = %(id_1)s::UUID AND sm_events.status = %(status_1)s::VARCHAR RETURNING sm_events.id;
+INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, error, worker, started_at, finished_at) VALUES (%(p_id)s::UUID, %(h_version)s::BIGINT, %(h_kind)s::VARCHAR, %(h_from)s::VARCHAR, %(p_state)s::VARCHAR, %(p_data)s::JSONB, %(h_status)s::VARCHAR, %(h_cause)s::VARCHAR, %(h_attempt)s::INTEGER, %(h_error)s::VARCHAR, %(h_worker)s::VARCHAR, %(h_started)s::TIMESTAMP WITH TIME ZONE, now());
 
 -- name: commit#8
-INSERT INTO sm_workflows (id, machine, state, data, status, version, entered_version, attempt, wake_at, key, parent_id, created_at, updated_at) VALUES (%(id)s::UUID, %(machine)s::VARCHAR, %(state)s::VARCHAR, %(data)s::JSONB, %(status)s::VARCHAR, %(version)s::BIGINT, %(entered_version)s::BIGINT, %(attempt)s::INTEGER, %(wake_at)s::TIMESTAMP WITH TIME ZONE, %(key)s::VARCHAR, %(parent_id)s::UUID, (now() + %(param_1)s), now());
+UPDATE sm_events SET status=%(status)s::VARCHAR, consumed_at=now(), consumed_version=%(consumed_version)s::BIGINT WHERE sm_events.id = %(id_1)s::UUID AND sm_events.status = %(status_1)s::VARCHAR RETURNING sm_events.id;
 
 -- name: commit#9
-INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, finished_at) VALUES (%(workflow_id)s::UUID, %(version)s::BIGINT, %(kind)s::VARCHAR, %(from_state)s::VARCHAR, %(to_state)s::VARCHAR, %(data)s::JSONB, %(status)s::VARCHAR, %(cause)s::VARCHAR, %(attempt)s::INTEGER, now());
+INSERT INTO sm_workflows (id, machine, state, data, status, version, entered_version, attempt, wake_at, key, parent_id, created_at, updated_at) VALUES (%(id)s::UUID, %(machine)s::VARCHAR, %(state)s::VARCHAR, %(data)s::JSONB, %(status)s::VARCHAR, %(version)s::BIGINT, %(entered_version)s::BIGINT, %(attempt)s::INTEGER, %(wake_at)s::TIMESTAMP WITH TIME ZONE, %(key)s::VARCHAR, %(parent_id)s::UUID, (now() + %(param_1)s), now());
 
 -- name: commit#10
-UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status = %(status_1)s::VARCHAR) THEN now() ELSE sm_workflows.wake_at END WHERE sm_workflows.id IN (__[POSTCOMPILE_id_1]);
+INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, finished_at) VALUES (%(workflow_id)s::UUID, %(version)s::BIGINT, %(kind)s::VARCHAR, %(from_state)s::VARCHAR, %(to_state)s::VARCHAR, %(data)s::JSONB, %(status)s::VARCHAR, %(cause)s::VARCHAR, %(attempt)s::INTEGER, now());
 
 -- name: commit#11
+UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status = %(status_1)s::VARCHAR) THEN now() ELSE sm_workflows.wake_at END WHERE sm_workflows.id IN (__[POSTCOMPILE_id_1]);
+
+-- name: commit#12
 UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status IN (__[POSTCOMPILE_status_1])) THEN now() ELSE sm_workflows.wake_at END, cancel_requested=%(cancel_requested)s::VARCHAR WHERE sm_workflows.parent_id = %(parent_id_1)s::UUID AND sm_workflows.status IN (__[POSTCOMPILE_status_2]) AND sm_workflows.cancel_requested IS NULL;
 
 -- name: commit_in#1
@@ -113,21 +122,24 @@ UPDATE sm_workflows SET state=%(p_state)s::VARCHAR, data=%(p_data)s::JSONB, stat
 UPDATE sm_workflows SET state=%(p_state)s::VARCHAR, data=%(p_data)s::JSONB, status=%(p_status)s::VARCHAR, version=(sm_workflows.version + %(version_1)s::BIGINT), entered_version=(sm_workflows.version + %(version_2)s::BIGINT), attempt=%(attempt)s::INTEGER, wake_at=CASE WHEN (sm_workflows.cancel_requested IS NOT NULL) THEN now() ELSE %(p_wake_at)s::TIMESTAMP WITH TIME ZONE END, lease_token=%(lease_token)s::VARCHAR, lease_owner=%(lease_owner)s::VARCHAR, last_error=%(p_last_error)s::VARCHAR, updated_at=now(), in_doubt=%(p_in_doubt)s::VARCHAR WHERE sm_workflows.id = %(p_id)s::UUID AND sm_workflows.version = %(p_version)s::BIGINT RETURNING sm_workflows.version, sm_workflows.cancel_requested;
 
 -- name: commit_in#6
-INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, error, worker, started_at, finished_at) VALUES (%(p_id)s::UUID, %(h_version)s::BIGINT, %(h_kind)s::VARCHAR, %(h_from)s::VARCHAR, %(p_state)s::VARCHAR, %(p_data)s::JSONB, %(h_status)s::VARCHAR, %(h_cause)s::VARCHAR, %(h_attempt)s::INTEGER, %(h_error)s::VARCHAR, %(h_worker)s::VARCHAR, %(h_started)s::TIMESTAMP WITH TIME ZONE, now());
+UPDATE sm_workflows SET state=%(p_state)s::VARCHAR, status=%(p_status)s::VARCHAR, version=(sm_workflows.version + %(version_1)s::BIGINT), entered_version=(sm_workflows.version + %(version_2)s::BIGINT), attempt=%(attempt)s::INTEGER, wake_at=%(wake_at)s::TIMESTAMP WITH TIME ZONE, lease_token=%(lease_token)s::VARCHAR, lease_owner=%(lease_owner)s::VARCHAR, last_error=%(p_last_error)s::VARCHAR, updated_at=now(), in_doubt=%(p_in_doubt)s::VARCHAR WHERE sm_workflows.id = %(p_id)s::UUID AND sm_workflows.version = %(p_version)s::BIGINT RETURNING sm_workflows.version, sm_workflows.cancel_requested;
 
 -- name: commit_in#7
-UPDATE sm_events SET status=%(status)s::VARCHAR, consumed_at=now(), consumed_version=%(consumed_version)s::BIGINT WHERE sm_events.id = %(id_1)s::UUID AND sm_events.status = %(status_1)s::VARCHAR RETURNING sm_events.id;
+INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, error, worker, started_at, finished_at) VALUES (%(p_id)s::UUID, %(h_version)s::BIGINT, %(h_kind)s::VARCHAR, %(h_from)s::VARCHAR, %(p_state)s::VARCHAR, %(p_data)s::JSONB, %(h_status)s::VARCHAR, %(h_cause)s::VARCHAR, %(h_attempt)s::INTEGER, %(h_error)s::VARCHAR, %(h_worker)s::VARCHAR, %(h_started)s::TIMESTAMP WITH TIME ZONE, now());
 
 -- name: commit_in#8
-INSERT INTO sm_workflows (id, machine, state, data, status, version, entered_version, attempt, wake_at, key, parent_id, created_at, updated_at) VALUES (%(id)s::UUID, %(machine)s::VARCHAR, %(state)s::VARCHAR, %(data)s::JSONB, %(status)s::VARCHAR, %(version)s::BIGINT, %(entered_version)s::BIGINT, %(attempt)s::INTEGER, %(wake_at)s::TIMESTAMP WITH TIME ZONE, %(key)s::VARCHAR, %(parent_id)s::UUID, (now() + %(param_1)s), now());
+UPDATE sm_events SET status=%(status)s::VARCHAR, consumed_at=now(), consumed_version=%(consumed_version)s::BIGINT WHERE sm_events.id = %(id_1)s::UUID AND sm_events.status = %(status_1)s::VARCHAR RETURNING sm_events.id;
 
 -- name: commit_in#9
-INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, finished_at) VALUES (%(workflow_id)s::UUID, %(version)s::BIGINT, %(kind)s::VARCHAR, %(from_state)s::VARCHAR, %(to_state)s::VARCHAR, %(data)s::JSONB, %(status)s::VARCHAR, %(cause)s::VARCHAR, %(attempt)s::INTEGER, now());
+INSERT INTO sm_workflows (id, machine, state, data, status, version, entered_version, attempt, wake_at, key, parent_id, created_at, updated_at) VALUES (%(id)s::UUID, %(machine)s::VARCHAR, %(state)s::VARCHAR, %(data)s::JSONB, %(status)s::VARCHAR, %(version)s::BIGINT, %(entered_version)s::BIGINT, %(attempt)s::INTEGER, %(wake_at)s::TIMESTAMP WITH TIME ZONE, %(key)s::VARCHAR, %(parent_id)s::UUID, (now() + %(param_1)s), now());
 
 -- name: commit_in#10
-UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status = %(status_1)s::VARCHAR) THEN now() ELSE sm_workflows.wake_at END WHERE sm_workflows.id IN (__[POSTCOMPILE_id_1]);
+INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, finished_at) VALUES (%(workflow_id)s::UUID, %(version)s::BIGINT, %(kind)s::VARCHAR, %(from_state)s::VARCHAR, %(to_state)s::VARCHAR, %(data)s::JSONB, %(status)s::VARCHAR, %(cause)s::VARCHAR, %(attempt)s::INTEGER, now());
 
 -- name: commit_in#11
+UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status = %(status_1)s::VARCHAR) THEN now() ELSE sm_workflows.wake_at END WHERE sm_workflows.id IN (__[POSTCOMPILE_id_1]);
+
+-- name: commit_in#12
 UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status IN (__[POSTCOMPILE_status_1])) THEN now() ELSE sm_workflows.wake_at END, cancel_requested=%(cancel_requested)s::VARCHAR WHERE sm_workflows.parent_id = %(parent_id_1)s::UUID AND sm_workflows.status IN (__[POSTCOMPILE_status_2]) AND sm_workflows.cancel_requested IS NULL;
 
 -- name: count_by_status#1

@@ -56,21 +56,24 @@ UPDATE sm_workflows SET state=?, data=?, status=?, version=(sm_workflows.version
 UPDATE sm_workflows SET state=?, data=?, status=?, version=(sm_workflows.version + ?), entered_version=(sm_workflows.version + ?), attempt=?, wake_at=CASE WHEN (sm_workflows.cancel_requested IS NOT NULL) THEN ? ELSE ? END, lease_token=?, lease_owner=?, last_error=?, updated_at=?, in_doubt=? WHERE sm_workflows.id = ? AND sm_workflows.version = ? RETURNING version, cancel_requested;
 
 -- name: commit#5
-INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, error, worker, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+UPDATE sm_workflows SET state=?, status=?, version=(sm_workflows.version + ?), entered_version=(sm_workflows.version + ?), attempt=?, wake_at=?, lease_token=?, lease_owner=?, last_error=?, updated_at=?, in_doubt=? WHERE sm_workflows.id = ? AND sm_workflows.version = ? RETURNING version, cancel_requested;
 
 -- name: commit#6
-UPDATE sm_events SET status=?, consumed_at=?, consumed_version=? WHERE sm_events.id = ? AND sm_events.status = ? RETURNING id;
+INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, error, worker, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: commit#7
-INSERT INTO sm_workflows (id, machine, state, data, status, version, entered_version, attempt, wake_at, "key", parent_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+UPDATE sm_events SET status=?, consumed_at=?, consumed_version=? WHERE sm_events.id = ? AND sm_events.status = ? RETURNING id;
 
 -- name: commit#8
-INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+INSERT INTO sm_workflows (id, machine, state, data, status, version, entered_version, attempt, wake_at, "key", parent_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: commit#9
-UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status = ?) THEN ? ELSE sm_workflows.wake_at END WHERE sm_workflows.id IN (__[POSTCOMPILE_id_1]);
+INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: commit#10
+UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status = ?) THEN ? ELSE sm_workflows.wake_at END WHERE sm_workflows.id IN (__[POSTCOMPILE_id_1]);
+
+-- name: commit#11
 UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status IN (__[POSTCOMPILE_status_1])) THEN ? ELSE sm_workflows.wake_at END, cancel_requested=? WHERE sm_workflows.parent_id = ? AND sm_workflows.status IN (__[POSTCOMPILE_status_2]) AND sm_workflows.cancel_requested IS NULL;
 
 -- name: commit_in#1
@@ -86,21 +89,24 @@ UPDATE sm_workflows SET state=?, data=?, status=?, version=(sm_workflows.version
 UPDATE sm_workflows SET state=?, data=?, status=?, version=(sm_workflows.version + ?), entered_version=(sm_workflows.version + ?), attempt=?, wake_at=CASE WHEN (sm_workflows.cancel_requested IS NOT NULL) THEN ? ELSE ? END, lease_token=?, lease_owner=?, last_error=?, updated_at=?, in_doubt=? WHERE sm_workflows.id = ? AND sm_workflows.version = ? RETURNING version, cancel_requested;
 
 -- name: commit_in#5
-INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, error, worker, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+UPDATE sm_workflows SET state=?, status=?, version=(sm_workflows.version + ?), entered_version=(sm_workflows.version + ?), attempt=?, wake_at=?, lease_token=?, lease_owner=?, last_error=?, updated_at=?, in_doubt=? WHERE sm_workflows.id = ? AND sm_workflows.version = ? RETURNING version, cancel_requested;
 
 -- name: commit_in#6
-UPDATE sm_events SET status=?, consumed_at=?, consumed_version=? WHERE sm_events.id = ? AND sm_events.status = ? RETURNING id;
+INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, error, worker, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: commit_in#7
-INSERT INTO sm_workflows (id, machine, state, data, status, version, entered_version, attempt, wake_at, "key", parent_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+UPDATE sm_events SET status=?, consumed_at=?, consumed_version=? WHERE sm_events.id = ? AND sm_events.status = ? RETURNING id;
 
 -- name: commit_in#8
-INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+INSERT INTO sm_workflows (id, machine, state, data, status, version, entered_version, attempt, wake_at, "key", parent_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: commit_in#9
-UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status = ?) THEN ? ELSE sm_workflows.wake_at END WHERE sm_workflows.id IN (__[POSTCOMPILE_id_1]);
+INSERT INTO sm_history (workflow_id, version, kind, from_state, to_state, data, status, cause, attempt, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: commit_in#10
+UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status = ?) THEN ? ELSE sm_workflows.wake_at END WHERE sm_workflows.id IN (__[POSTCOMPILE_id_1]);
+
+-- name: commit_in#11
 UPDATE sm_workflows SET wake_at=CASE WHEN (sm_workflows.status IN (__[POSTCOMPILE_status_1])) THEN ? ELSE sm_workflows.wake_at END, cancel_requested=? WHERE sm_workflows.parent_id = ? AND sm_workflows.status IN (__[POSTCOMPILE_status_2]) AND sm_workflows.cancel_requested IS NULL;
 
 -- name: count_by_status#1
