@@ -107,6 +107,9 @@ class Worker:
         self._loops: dict[str, Callable[[], None]] = {
             "sm-claimer": self._claim_loop, "sm-heartbeat": self._heartbeat,
             "sm-sweeper": self._sweep_loop}
+        # Supervision state: written by `_supervise` (under `_supervise_lock`: `run()`'s thread
+        # and any caller of `health()`), and `_deaths`/`_last_death` by a dying thread, once.
+        self._supervise_lock = threading.Lock()
         self._deaths: dict[str, list[float]] = {}  # thread name -> monotonic times it died
         self._fatal: BaseException | None = None
         self._last_death: BaseException | None = None
@@ -117,6 +120,7 @@ class Worker:
         self.reachability = Reachability(self.name, log)
         self._troubles = {name: self._trouble(name.removeprefix("sm-"))
                           for name in (*self._loops, "sm-handler")}
+        # Set by the claimer and by handler threads after a claim: one reference assignment.
         self._last_claim_at: datetime | None = None
         self.schedules = list(schedules)
         self._names = list(self.machines)
@@ -164,6 +168,10 @@ class Worker:
         """Restart any loop thread that died (a bug: each loop catches its own failures); after
         `_MAX_DEATHS` deaths of one thread within `_DEATH_WINDOW` seconds, or when a thread cannot
         be started, the worker is failed: `run()` raises. Also enforces `exit_if_unreachable`."""
+        with self._supervise_lock:
+            self._supervise_locked()
+
+    def _supervise_locked(self) -> None:
         if self._stopping.is_set() or self._fatal is not None or not self._threads:
             return
         if (self.exit_if_unreachable is not None
