@@ -371,6 +371,13 @@ class Worker:
         with self._lock:
             self._futures.discard(future)
         self._slot_free.set()
+        # `_run_safely` catches every Exception; what gets here (a handler's SystemExit, say) is
+        # said, not lost in a future nobody reads. The pool's thread itself lives on.
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            self._troubles["sm-handler"].last_error = one_line(error)
+            log.critical("worker %s: a handler thread was stopped by %s; its workflow comes back "
+                         "after its lease", self.name, one_line(error), exc_info=error)
 
     def _heartbeat(self) -> None:
         interval = max(0.05, self.lease / 3)

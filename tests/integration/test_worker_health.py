@@ -5,12 +5,14 @@ test_outages.py.)"""
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
+import attrs
 import pytest
 
-from statemachine import Client, Store, Worker
+from statemachine import Client, Context, Machine, Store, Worker, step
 from tests.machines_for_tests import P1, Bulk
 from tests.waits import wait_until
 
@@ -84,3 +86,40 @@ def test_run_raises_when_a_thread_keeps_dying(store: Store,
     assert not runner.is_alive(), "run() kept going with a claimer that cannot live"
     assert raised, "run() returned instead of raising"
     assert not worker.health().serving
+
+
+@attrs.frozen
+class Exiting:
+    n: int
+
+
+@attrs.frozen
+class Exited:
+    attempt: int
+
+
+class ExitsOnce(Machine):
+    """The first attempt's handler calls sys.exit(), as a badly behaved library might."""
+
+    name = "health_exits_once"
+    initial = Exiting
+    terminal = (Exited,)
+
+    @step
+    def leave(self, state: Exiting, ctx: Context) -> Exited:
+        if ctx.attempt == 1:
+            sys.exit(3)
+        return Exited(attempt=ctx.attempt)
+
+
+def test_a_handler_that_raises_systemexit_does_not_stop_the_worker(
+    store: Store, caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = Client(store, [ExitsOnce])
+    with Worker(store, [ExitsOnce()], poll_interval=0.05, lease=0.5) as worker:
+        wid = client.start(ExitsOnce, Exiting(n=1))
+        info = client.wait(wid, timeout=30)
+        assert worker.health().serving
+    assert info.state == Exited(attempt=2)  # taken up again once the lease ran out
+    assert any("handler thread was stopped by SystemExit" in r.getMessage()
+               for r in caplog.records)
