@@ -63,7 +63,7 @@ class Worker:
         schedules: Iterable[Schedule] = (),
         max_backoff: float = 10.0,
         exit_if_unreachable: float | None = None,
-        audit_interval: float = 60.0,
+        audit_interval: float = 300.0,
     ) -> None:
         """`concurrency`: handlers run at once (threads). `lease`: seconds a claimed workflow is
         held before another worker may take it over (renewed while the handler runs).
@@ -76,7 +76,8 @@ class Worker:
         unreachable for this many seconds in a row, `run()` raises `DatabaseUnavailable` (so a
         supervisor can restart the process or alert); by default the worker waits for ever.
         `audit_interval`: how often (seconds) the worker looks for rows of its machines that can
-        never be claimed (unknown status, ready without wake_at) and logs them."""
+        never be claimed (unknown status, ready without wake_at) and logs them: two queries over
+        the rows of its machines (by the machine/status index), hence not every poll."""
         self.store = store
         self.machines: dict[str, Loaded] = {}
         for m in machines:

@@ -123,3 +123,30 @@ def test_a_handler_that_raises_systemexit_does_not_stop_the_worker(
     assert info.state == Exited(attempt=2)  # taken up again once the lease ran out
     assert any("handler thread was stopped by SystemExit" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_failing_claim_is_logged_once_retried_with_backoff_and_recovers(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    real = store.sql.claim
+    calls = {"n": 0}
+
+    def claim(**kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= 5:
+            raise ValueError("simulated claim failure")
+        return real(**kwargs)
+
+    monkeypatch.setattr(store, "claim", claim)
+    client = Client(store, [Bulk])
+    wid = client.start(Bulk, P1(n=3))
+    with Worker(store, [Bulk()], poll_interval=0.05) as worker:
+        assert client.wait(wid, timeout=30).status == "done"
+        health = worker.health()
+    messages = [r.getMessage() for r in caplog.records if r.name == "statemachine.worker"]
+    failed = [m for m in messages if "claimer failed, retrying in" in m]
+    assert len(failed) == 1, messages  # once, not once per retry
+    assert [m for m in messages if "claimer works again after 5 failures" in m], messages
+    assert calls["n"] > 5
+    assert (health.consecutive_failures, health.database_reachable) == (0, True)
+    assert health.last_error == "ValueError: simulated claim failure"
