@@ -72,9 +72,10 @@ class Worker:
         (in the handler's thread) with every change this worker commits and its new version.
         `schedules` are checked every poll interval (any number of workers may share them).
         `max_backoff`: the longest wait, in seconds, between tries of a loop that keeps failing
-        (from 0.1 s, doubling, with jitter). `exit_if_unreachable`: when the database has been
-        unreachable for this many seconds in a row, `run()` raises `DatabaseUnavailable` (so a
-        supervisor can restart the process or alert); by default the worker waits for ever.
+        (from 0.1 s, doubling, with jitter; at most 5 s while the database is unreachable).
+        `exit_if_unreachable`: when the database has been unreachable for this many seconds in a
+        row, `run()` raises `DatabaseUnavailable` (so a supervisor can restart the process or
+        alert); by default the worker waits for ever.
         `audit_interval`: how often (seconds) the worker looks for rows of its machines that can
         never be claimed (unknown status, ready without wake_at) and logs them: two queries over
         the rows of its machines (by the machine/status index), hence not every poll."""
