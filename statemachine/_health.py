@@ -27,6 +27,9 @@ __all__ = ["Backoff", "Reachability", "Trouble", "WorkerHealth", "is_unreachable
 
 #: A failure that goes on is logged again at most this often (seconds).
 STILL_FAILING_EVERY = 30.0
+#: While the database is unreachable, each loop tries again at least this often (seconds), so
+#: that work resumes within this long of the server accepting connections again.
+UNREACHABLE_RETRY_EVERY = 5.0
 
 # SQLSTATEs that mean the connection, not the statement, failed: class 08 (connection exception)
 # and the server shutting down or crashing (57P01 admin shutdown, 57P02 crash, 57P03 starting).
@@ -191,6 +194,7 @@ class Trouble:
         delay = self.backoff.next_delay()
         self.last_error = one_line(error)
         if is_unreachable(error):
+            delay = min(delay, UNREACHABLE_RETRY_EVERY)
             self.reachability.lost(error, delay)
             return delay
         now = time.monotonic()

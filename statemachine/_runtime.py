@@ -63,7 +63,7 @@ class Worker:
         schedules: Iterable[Schedule] = (),
         max_backoff: float = 10.0,
         exit_if_unreachable: float | None = None,
-        audit_interval: float = 60.0,
+        audit_interval: float = 300.0,
     ) -> None:
         """`concurrency`: handlers run at once (threads). `lease`: seconds a claimed workflow is
         held before another worker may take it over (renewed while the handler runs).
@@ -72,11 +72,13 @@ class Worker:
         (in the handler's thread) with every change this worker commits and its new version.
         `schedules` are checked every poll interval (any number of workers may share them).
         `max_backoff`: the longest wait, in seconds, between tries of a loop that keeps failing
-        (from 0.1 s, doubling, with jitter). `exit_if_unreachable`: when the database has been
-        unreachable for this many seconds in a row, `run()` raises `DatabaseUnavailable` (so a
-        supervisor can restart the process or alert); by default the worker waits for ever.
+        (from 0.1 s, doubling, with jitter; at most 5 s while the database is unreachable).
+        `exit_if_unreachable`: when the database has been unreachable for this many seconds in a
+        row, `run()` raises `DatabaseUnavailable` (so a supervisor can restart the process or
+        alert); by default the worker waits for ever.
         `audit_interval`: how often (seconds) the worker looks for rows of its machines that can
-        never be claimed (unknown status, ready without wake_at) and logs them."""
+        never be claimed (unknown status, ready without wake_at) and logs them: two queries over
+        the rows of its machines (by the machine/status index), hence not every poll."""
         self.store = store
         self.machines: dict[str, Loaded] = {}
         for m in machines:
@@ -107,6 +109,9 @@ class Worker:
         self._loops: dict[str, Callable[[], None]] = {
             "sm-claimer": self._claim_loop, "sm-heartbeat": self._heartbeat,
             "sm-sweeper": self._sweep_loop}
+        # Supervision state: written by `_supervise` (under `_supervise_lock`: `run()`'s thread
+        # and any caller of `health()`), and `_deaths`/`_last_death` by a dying thread, once.
+        self._supervise_lock = threading.Lock()
         self._deaths: dict[str, list[float]] = {}  # thread name -> monotonic times it died
         self._fatal: BaseException | None = None
         self._last_death: BaseException | None = None
@@ -117,6 +122,7 @@ class Worker:
         self.reachability = Reachability(self.name, log)
         self._troubles = {name: self._trouble(name.removeprefix("sm-"))
                           for name in (*self._loops, "sm-handler")}
+        # Set by the claimer and by handler threads after a claim: one reference assignment.
         self._last_claim_at: datetime | None = None
         self.schedules = list(schedules)
         self._names = list(self.machines)
@@ -164,6 +170,10 @@ class Worker:
         """Restart any loop thread that died (a bug: each loop catches its own failures); after
         `_MAX_DEATHS` deaths of one thread within `_DEATH_WINDOW` seconds, or when a thread cannot
         be started, the worker is failed: `run()` raises. Also enforces `exit_if_unreachable`."""
+        with self._supervise_lock:
+            self._supervise_locked()
+
+    def _supervise_locked(self) -> None:
         if self._stopping.is_set() or self._fatal is not None or not self._threads:
             return
         if (self.exit_if_unreachable is not None
@@ -363,6 +373,13 @@ class Worker:
         with self._lock:
             self._futures.discard(future)
         self._slot_free.set()
+        # `_run_safely` catches every Exception; what gets here (a handler's SystemExit, say) is
+        # said, not lost in a future nobody reads. The pool's thread itself lives on.
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            self._troubles["sm-handler"].last_error = one_line(error)
+            log.critical("worker %s: a handler thread was stopped by %s; its workflow comes back "
+                         "after its lease", self.name, one_line(error), exc_info=error)
 
     def _heartbeat(self) -> None:
         interval = max(0.05, self.lease / 3)

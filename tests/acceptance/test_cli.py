@@ -410,11 +410,21 @@ def test_demo_runs_from_an_installed_wheel(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-deps", "--no-index",
                     str(wheel)], check=True, timeout=300, capture_output=True)
-    # The dependencies come from this environment's site-packages, added as a plain directory
-    # (its .pth files, this checkout's editable install among them, are not processed).
+    # The dependencies come from this environment's site-packages, linked one by one into a
+    # plain directory (no .pth file, so not this checkout's editable install), leaving out the
+    # optional CockroachDB dialect: the wheel is installed without the extra.
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    for site in (p for p in sys.path if p.endswith("site-packages")):
+        for entry in Path(site).iterdir():
+            if entry.suffix == ".pth" or entry.name.startswith(
+                    ("statemachine", "_editable", "sqlalchemy_cockroachdb", "__pycache__")):
+                continue
+            if not (deps / entry.name).exists():
+                (deps / entry.name).symlink_to(entry)
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "STATEMACHINE_DATABASE_URL", "VIRTUAL_ENV")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
+    env["PYTHONPATH"] = str(deps)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = subprocess.run(
@@ -429,3 +439,11 @@ def test_demo_runs_from_an_installed_wheel(tmp_path: Path) -> None:
     final = demo.stdout.split("final states:")[1]
     assert "Confirmed" in final
     assert "PaymentFailed" in final
+
+    no_extra = subprocess.run([str(venv / "bin" / "statemachine"), "--db",
+                               "cockroachdb://root@localhost:26257/defaultdb", "list"],
+                              cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60,
+                              check=False)
+    assert no_extra.returncode == 1
+    assert_one_line_error(no_extra, "CockroachDB dialect is not installed",
+                          "pip install 'statemachine[cockroachdb]'")

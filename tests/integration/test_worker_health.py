@@ -5,12 +5,14 @@ test_outages.py.)"""
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
+import attrs
 import pytest
 
-from statemachine import Client, Store, Worker
+from statemachine import Client, Context, Machine, Store, Worker, step
 from tests.machines_for_tests import P1, Bulk
 from tests.waits import wait_until
 
@@ -84,3 +86,67 @@ def test_run_raises_when_a_thread_keeps_dying(store: Store,
     assert not runner.is_alive(), "run() kept going with a claimer that cannot live"
     assert raised, "run() returned instead of raising"
     assert not worker.health().serving
+
+
+@attrs.frozen
+class Exiting:
+    n: int
+
+
+@attrs.frozen
+class Exited:
+    attempt: int
+
+
+class ExitsOnce(Machine):
+    """The first attempt's handler calls sys.exit(), as a badly behaved library might."""
+
+    name = "health_exits_once"
+    initial = Exiting
+    terminal = (Exited,)
+
+    @step
+    def leave(self, state: Exiting, ctx: Context) -> Exited:
+        if ctx.attempt == 1:
+            sys.exit(3)
+        return Exited(attempt=ctx.attempt)
+
+
+def test_a_handler_that_raises_systemexit_does_not_stop_the_worker(
+    store: Store, caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = Client(store, [ExitsOnce])
+    with Worker(store, [ExitsOnce()], poll_interval=0.05, lease=0.5) as worker:
+        wid = client.start(ExitsOnce, Exiting(n=1))
+        info = client.wait(wid, timeout=30)
+        assert worker.health().serving
+    assert info.state == Exited(attempt=2)  # taken up again once the lease ran out
+    assert any("handler thread was stopped by SystemExit" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_failing_claim_is_logged_once_retried_with_backoff_and_recovers(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    real = store.sql.claim
+    calls = {"n": 0}
+
+    def claim(**kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= 5:
+            raise ValueError("simulated claim failure")
+        return real(**kwargs)
+
+    monkeypatch.setattr(store, "claim", claim)
+    client = Client(store, [Bulk])
+    wid = client.start(Bulk, P1(n=3))
+    with Worker(store, [Bulk()], poll_interval=0.05) as worker:
+        assert client.wait(wid, timeout=30).status == "done"
+        health = worker.health()
+    messages = [r.getMessage() for r in caplog.records if r.name == "statemachine.worker"]
+    failed = [m for m in messages if "claimer failed, retrying in" in m]
+    assert len(failed) == 1, messages  # once, not once per retry
+    assert [m for m in messages if "claimer works again after 5 failures" in m], messages
+    assert calls["n"] > 5
+    assert (health.consecutive_failures, health.database_reachable) == (0, True)
+    assert health.last_error == "ValueError: simulated claim failure"
