@@ -20,7 +20,6 @@ from tests.machines_for_tests import P1, Bulk
 from tests.waits import wait_until
 
 APP = "tests.machines_for_tests:Bulk"
-NEEDS_B = pytest.mark.xfail(strict=True, reason="needs store decode (branch B)")
 
 
 @attrs.frozen
@@ -52,13 +51,8 @@ CASES = {
     "ready without wake_at": Case("wake_at = NULL", "reported", "", "ready without wake_at"),
     "unknown machine": Case("machine = 'nope'", "ignored", "", "unknown machine 'nope'"),
 }
-# Rows the claim itself cannot decode: the store must hand them over with the decode error.
-NEED_STORE_DECODE = {"invalid JSON", "text in attempt"}
-
-
 def _params() -> list[object]:
-    return [pytest.param(name, marks=[NEEDS_B] if name in NEED_STORE_DECODE else [], id=name)
-            for name in CASES]
+    return [pytest.param(name, id=name) for name in CASES]
 
 
 @pytest.fixture
