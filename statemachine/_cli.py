@@ -33,12 +33,20 @@ from .errors import InvalidArgument, StateMachineError, UnknownMachine, Workflow
 __all__ = ["load_machines", "main"]
 
 
+# How often a one-shot command (list, show, start, ...) retries a lost connection or a
+# serialization failure before it reports the error.
+_ONE_SHOT_RETRIES = 3
+
+
 class _Obj:
     def __init__(self, db: str, debug: bool) -> None:
         self.db = db
         self.debug = debug
         # Only `migrate` and `demo` may create a SQLite file; every other command reads one.
         self.may_create = False
+        # A worker rides out outages; a one-shot command tells a person soon that the database
+        # cannot be reached instead of retrying for many seconds.
+        self.serving = False
         self._store: Store | None = None
 
     @property
@@ -51,7 +59,7 @@ class _Obj:
                     f"no SQLite database at {path} (from --db {self.db}): the file does not "
                     f"exist; create it with `statemachine --db {self.db} migrate`, or check "
                     "--db / STATEMACHINE_DATABASE_URL")
-            self._store = Store(self.db)
+            self._store = Store(self.db, max_retries=10 if self.serving else _ONE_SHOT_RETRIES)
         return self._store
 
     def close(self) -> None:
@@ -177,6 +185,7 @@ def worker(obj: _Obj, app: str, concurrency: int, lease: float, poll: float, gra
            name: str | None, exit_if_unreachable: float | None) -> None:
     """Run workflows until SIGTERM/SIGINT. Rides out database outages (logging when the
     database goes away and comes back); exits 1 only if it cannot go on serving."""
+    obj.serving = True
     if not obj.debug:
         logging.getLogger("statemachine").setLevel(logging.INFO)
     machines, schedules = load_app(app)

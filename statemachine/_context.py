@@ -52,7 +52,11 @@ class Context:
 
     def extend_lease(self, seconds: float) -> None:
         """Hold this workflow for `seconds` from now, for an action that will take long. (Leases
-        are also renewed in the background while the worker process is alive.)"""
+        are also renewed in the background while the worker process is alive.)
+
+        Raises `LeaseLost` when this worker no longer holds the workflow (its lease expired and
+        another worker took it over, or an operator changed the row): the handler should stop,
+        since whatever it returns will be discarded."""
         self._extend(seconds)
 
     def start_child(self, machine: Any, state: object, *, key: str | None = None) -> uuid.UUID:

@@ -37,7 +37,7 @@ from ._schedules import Schedule, run_schedule
 from ._serde import StateCodec
 from ._store import Change, ClaimedRow, Store
 from ._store._audit import unclaimable
-from .errors import DatabaseUnavailable, InvalidArgument, InvalidOperation
+from .errors import DatabaseUnavailable, InvalidArgument, InvalidOperation, LeaseLost
 
 __all__ = ["Worker"]
 
@@ -480,7 +480,12 @@ class Worker:
     def _extend_lease(self, row: ClaimedRow, seconds: float) -> None:
         with self._lock:
             self._inflight[row.id] = (row.lease_token, max(seconds, self.lease))
-        self.store.sql.renew_leases([row.id], row.lease_token, seconds)
+        if row.id not in self.store.sql.renew_leases([row.id], row.lease_token, seconds):
+            raise LeaseLost(
+                f"workflow {row.id}: the lease on version {row.version} ({row.state}) was lost "
+                "(it expired and another worker took the workflow, or an operator changed the "
+                "row); stop: this attempt's result will be discarded",
+                workflow_id=row.id, state=row.state, version=row.version)
 
     @property
     def transitions(self) -> int:

@@ -6,7 +6,7 @@
     ├── DataError                stored or supplied data does not fit its state class (ValueError)
     ├── StoreError               the database refused or failed (driver error kept as __cause__)
     │   ├── DatabaseUnavailable  the server cannot be reached or dropped the connection
-    │   └── LeaseLost            a compare-and-set found the row changed under the worker
+    │   └── LeaseLost            the worker no longer holds the row (ctx.extend_lease)
     ├── WorkflowNotFound         no workflow with that id, or not a UUID (also a LookupError)
     ├── InvalidOperation         the workflow's status does not allow that (retry a running one)
     ├── WaitTimeout              `wait` gave up before the workflow finished (a TimeoutError)
@@ -97,7 +97,8 @@ class DatabaseUnavailable(StoreError):
 
 
 class LeaseLost(StoreError):
-    """The workflow changed under this worker (lease expired or an operator changed the row)."""
+    """This worker no longer holds the workflow: its lease expired and another worker took it,
+    or an operator changed the row (raised by `Context.extend_lease`)."""
 
     def __init__(
         self,

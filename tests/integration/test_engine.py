@@ -20,6 +20,7 @@ from statemachine import (
     Failure,
     InvalidArgument,
     InvalidOperation,
+    LeaseLost,
     Machine,
     PermanentError,
     RetryPolicy,
@@ -32,6 +33,7 @@ from statemachine import (
 from statemachine._schema import history, workflows
 from tests.claims import ClaimLog
 from tests.conftest import POSTGRES_BACKENDS
+from tests.waits import wait_until
 
 FAST = dict(poll_interval=0.05, min_poll_interval=0.01)
 
@@ -788,3 +790,52 @@ def test_a_client_closes_the_store_it_opened_and_only_that(db_url: str, store: S
         pass
     assert pooled(store) == held  # the caller's store: still open, still pooled
     assert given.get(wid).status == "ready"
+
+
+# -- a lost lease --------------------------------------------------------------------------------
+
+
+class Extending(Machine):
+    """`work` waits until the test has taken its row away, then asks for more time."""
+
+    name = "engine_extending"
+    initial = Begun
+    terminal = (Finished,)
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.raised: list[BaseException] = []
+
+    @step
+    def work(self, state: Begun, ctx: Context) -> Finished:
+        self.entered.set()
+        assert self.release.wait(30), "test never released the handler"
+        try:
+            ctx.extend_lease(60)
+        except LeaseLost as e:
+            self.raised.append(e)
+            raise
+        return Finished(via="handler")
+
+
+def test_extending_a_lost_lease_raises_lease_lost(store: Store) -> None:
+    """A handler asking for more time after its row was taken away learns it at once, with the
+    workflow, state and version it held; its attempt changes nothing."""
+    machine = Extending()
+    client = Client(store, [Extending])
+    with Worker(store, [machine], concurrency=1, **FAST):
+        wid = client.start(Extending, Begun(n=1))
+        assert machine.entered.wait(30)
+        held = client.get(wid)
+        with store.connect() as conn:  # another worker took it over: a new lease token
+            conn.execute(workflows.update().where(workflows.c.id == wid)
+                         .values(lease_token="someone-else"))
+            conn.commit()
+        machine.release.set()
+        wait_until(lambda: machine.raised, "the handler to see LeaseLost")
+    error = machine.raised[0]
+    assert isinstance(error, LeaseLost)
+    assert (error.workflow_id, error.state, error.version) == (wid, "Begun", held.version)
+    after = client.get(wid)
+    assert (after.version, after.state_name) == (held.version, "Begun")  # nothing committed

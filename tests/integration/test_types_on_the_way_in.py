@@ -17,6 +17,7 @@ from statemachine import (
     Context,
     DataError,
     Failure,
+    InvalidArgument,
     Machine,
     Store,
     Worker,
@@ -123,7 +124,7 @@ def test_force_with_a_mistyped_field_or_a_foreign_state_changes_nothing(store: S
     before = client.get(wid)
     with pytest.raises(DataError, match=r"expected int, got 'x' @ data\.n"):
         client.force(wid, Counted(n="x"))  # type: ignore[arg-type]
-    with pytest.raises(DataError, match="Raised is not a state of machine types_counter"):
+    with pytest.raises(InvalidArgument, match="Raised is not a state of machine types_counter"):
         client.force(wid, Raised())
     after = client.get(wid)
     assert (after.version, after.state) == (before.version, before.state)

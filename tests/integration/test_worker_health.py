@@ -31,7 +31,7 @@ def _claims_that_die(store: Store, monkeypatch: pytest.MonkeyPatch, times: int) 
             raise ThreadKiller("simulated bug in the claimer")
         return real(**kwargs)
 
-    monkeypatch.setattr(store, "claim", claim)
+    monkeypatch.setattr(store.sql, "claim", claim)
 
 
 def test_health_of_a_serving_worker(store: Store) -> None:
@@ -137,7 +137,7 @@ def test_a_failing_claim_is_logged_once_retried_with_backoff_and_recovers(
             raise ValueError("simulated claim failure")
         return real(**kwargs)
 
-    monkeypatch.setattr(store, "claim", claim)
+    monkeypatch.setattr(store.sql, "claim", claim)
     client = Client(store, [Bulk])
     wid = client.start(Bulk, P1(n=3))
     with Worker(store, [Bulk()], poll_interval=0.05) as worker:
