@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check statemachine machines tests bench
 	$(BIN)/mypy statemachine
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check statemachine machines tests bench

@@ -146,8 +146,11 @@ class Worker:
         subscribe = getattr(self.clock, "subscribe", None)
         if subscribe is not None:
             subscribe(self.wake)  # a test's FakeClock: claim as soon as time moves
-        for name in self._loops:
-            self._start_thread(name)
+        # Under the supervisor's lock: a `health()` call from another thread must not take a
+        # thread that is registered but not started yet for one that died.
+        with self._supervise_lock:
+            for name in self._loops:
+                self._start_thread(name)
         log.info("worker %s started: %s", self.name, ", ".join(self.machines))
 
     def _start_thread(self, name: str) -> None:
