@@ -33,6 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeEngine
 
+from .errors import InvalidArgument
+
 __all__ = [
     "ACTIVE_STATUSES",
     "FINISHED_STATUSES",
@@ -66,7 +68,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: statemachine stores aware UTC times")
+            raise InvalidArgument(f"naive datetime {value!r}: statemachine stores aware UTC times")
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 

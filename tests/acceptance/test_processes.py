@@ -16,7 +16,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,22 +40,11 @@ from tests.machines_for_tests import (
     marker_runs,
 )
 from tests.procs import WorkerProcesses
+from tests.waits import wait_until
 
 pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
-
-
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `condition` until it returns something truthy (returned); fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
 
 
 class Workers(WorkerProcesses):
@@ -138,7 +127,7 @@ def test_sigkill_mid_handler_is_taken_over_after_the_lease(
 
     with Workers(db_url, tmp_path) as workers:
         first = workers.spawn("w1", "Crashy", lease=1.0)
-        wait_until(lambda: marker_runs(marks, "work"), 30, "w1 to enter the `work` handler")
+        wait_until(lambda: marker_runs(marks, "work"), "w1 to enter the `work` handler", timeout=60)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         assert first.returncode == -signal.SIGKILL
@@ -151,8 +140,8 @@ def test_sigkill_mid_handler_is_taken_over_after_the_lease(
 
         (marks / BLOCK_FILE).unlink()
         workers.spawn("w2", "Crashy", lease=1.0)
-        final = wait_until(lambda: (r := row_of(db, wid)).status == "done" and r, 30,
-                           "w2 to finish the workflow")
+        final = wait_until(lambda: (r := row_of(db, wid)).status == "done" and r,
+                           "w2 to finish the workflow", timeout=60)
 
     assert final.state == "Finished"
     assert final.data["work_attempt"] == 2  # the handler saw the abandoned attempt counted
@@ -193,8 +182,8 @@ def test_four_workers_commit_every_transition_exactly_once(
 
         started = time.monotonic()
         ids = Client(store, [Bulk]).start_many(Bulk, [P1(n=i) for i in range(BULK_WORKFLOWS)])
-        wait_until(lambda: count_status(db, "proc_bulk", "done") == BULK_WORKFLOWS, 90,
-                   f"{BULK_WORKFLOWS} workflows to finish", interval=0.2)
+        wait_until(lambda: count_status(db, "proc_bulk", "done") == BULK_WORKFLOWS,
+                   f"{BULK_WORKFLOWS} workflows to finish", timeout=90, interval=0.2)
         elapsed = time.monotonic() - started
         for name, proc in workers.procs.items():
             assert proc.poll() is None, f"worker {name} died"
@@ -235,8 +224,8 @@ def test_sigterm_finishes_in_flight_handlers_and_gives_back_the_rest(
     with Workers(db_url, tmp_path) as workers:
         # A long lease: a row this worker kept would stay `running` long after the test looks.
         worker = workers.spawn("g1", "SlowSteps", lease=60.0, grace=grace, concurrency=2)
-        wait_until(lambda: len(marker_runs(marks, "first")) == 2, 30,
-                   "g1 to start two 1-second handlers")
+        wait_until(lambda: len(marker_runs(marks, "first")) == 2,
+                   "g1 to start two 1-second handlers", timeout=60)
         assert not marker_runs(marks, "firstend")
         worker.send_signal(signal.SIGTERM)
         sent = time.monotonic()
@@ -267,8 +256,8 @@ def test_sigterm_finishes_in_flight_handlers_and_gives_back_the_rest(
 
         # ... so another worker picks all of it up at once, without waiting for any lease.
         workers.spawn("g2", "SlowSteps", lease=60.0, concurrency=6)
-        wait_until(lambda: count_status(db, "proc_slow_steps", "done") == 6, 30,
-                   "g2 to finish every workflow")
+        wait_until(lambda: count_status(db, "proc_slow_steps", "done") == 6,
+                   "g2 to finish every workflow", timeout=60)
 
     for wid in ids:
         hist = history_of(db, wid)
@@ -301,7 +290,7 @@ def test_heartbeat_keeps_a_long_handler_from_being_taken_over(
                 seen.append(r)
             return r.status == "done" and r
 
-        final = wait_until(finished, 30, "the 3-second handler to finish", interval=0.1)
+        final = wait_until(finished, "the 3-second handler to finish", timeout=60, interval=0.1)
 
     runs = marker_runs(marks, "long")
     assert len(runs) == 1, f"the handler ran {len(runs)} times: {runs}"
@@ -324,7 +313,7 @@ def _stop_holding_worker(
     """Start a worker on a `hold` handler that does not return, send it `signals` SIGTERMs, and
     return how long it took to exit; the workflow must then be given back untouched."""
     worker = workers.spawn("g1", "Holding", lease=60.0, grace=grace, concurrency=1)
-    wait_until(lambda: marker_runs(marks, "hold"), 30, "g1 to enter the `hold` handler")
+    wait_until(lambda: marker_runs(marks, "hold"), "g1 to enter the `hold` handler", timeout=60)
     for n in range(signals):
         if n:
             time.sleep(0.2)
@@ -348,8 +337,8 @@ def _finish_elsewhere(workers: Workers, db: Engine, marks: Path, wid: uuid.UUID)
     """Another worker runs the step again from scratch and commits it exactly once."""
     (marks / BLOCK_FILE).unlink()
     workers.spawn("next", "Holding", lease=1.0)
-    final = wait_until(lambda: (r := row_of(db, wid)).status == "done" and r, 30,
-                       "another worker to finish the workflow")
+    final = wait_until(lambda: (r := row_of(db, wid)).status == "done" and r,
+                       "another worker to finish the workflow", timeout=60)
     hist = history_of(db, wid)
     assert_committed_once(hist)
     assert [(h.kind, h.worker, h.attempt) for h in hist] == [
