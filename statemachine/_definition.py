@@ -48,7 +48,6 @@ __all__ = [
     "Rerun",
     "RetryPolicy",
     "Route",
-    "StepHandler",
     "later",
     "lookup_machine",
     "on_cancel",
@@ -59,9 +58,6 @@ __all__ = [
     "state_name",
     "step",
 ]
-
-# The name `_diagram` knows a machine's handlers by (now frozen `Handler`s built per machine).
-StepHandler = Handler
 
 
 class Machine:

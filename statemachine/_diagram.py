@@ -6,7 +6,8 @@ from typing import Any
 
 from transitions.extensions.diagrams import GraphMachine
 
-from ._definition import Machine, MachineSpec, StepHandler, state_name
+from ._definition import Machine, MachineSpec, state_name
+from ._spec import Handler
 
 __all__ = ["mermaid"]
 
@@ -18,11 +19,11 @@ def _label(spec: MachineSpec, source: type, handler_name: str) -> str:
     return handler_name
 
 
-def _route_name(handler: StepHandler[Any]) -> str | None:
+def _route_name(handler: Handler[Any]) -> str | None:
     return handler.error_route.fn.__name__ if handler.error_route else None
 
 
-def _describe(handler: StepHandler[Any], name: str) -> str:
+def _describe(handler: Handler[Any], name: str) -> str:
     if name != handler.name:
         reconcile = handler.reconcile_route
         return f"{name} (reconcile)" if reconcile and reconcile.fn.__name__ == name else \

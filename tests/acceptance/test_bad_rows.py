@@ -121,7 +121,7 @@ def test_a_bad_row_is_parked_or_reported_and_the_others_finish(
     caplog.set_level(logging.WARNING, logger="statemachine")
     with Worker(store, [Bulk()], poll_interval=0.05, audit_interval=0.2) as worker:
         for wid in healthy:
-            # Three trivial steps: 30 s is generous (and bounds the xfail cases' wait).
+            # Three trivial steps: 30 s is generous.
             wait_until(lambda wid=wid: _status(db, wid)[0] == "done",
                        f"healthy workflow {wid} to finish", timeout=30)
         if case.outcome == "parked":
