@@ -9,7 +9,6 @@ each problem is found by SQL (``json_valid(data)`` on SQLite, ``jsonb_typeof`` o
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.types import NullType
 
 from .._schema import FINISHED_STATUSES, STATUSES, workflows
+from ._decode import decode_value
 
 if TYPE_CHECKING:
     from . import Store
@@ -181,17 +181,13 @@ def _all(stmt: Any, conn: Connection) -> Sequence[Any]:
 
 
 def _raw(r: Any) -> RawRow:
-    data: object = r.data
-    found: list[str] = []
-    if isinstance(data, str | bytes):
-        try:
-            data = json.loads(data)
-        except ValueError as e:
-            found.append(f"data is not valid JSON ({e})")
-    if not found and not isinstance(data, dict):
-        found.append(f"data is a JSON {_json_kind(data)}, not an object")
-    found[:0] = row_problems(str(r.status), r.wake_at, {c: getattr(r, c) for c in
-                                                        ("version", "attempt")})
+    data, data_error = decode_value("data", r.data, json_text=True)
+    found = row_problems(str(r.status), r.wake_at, {c: getattr(r, c) for c in
+                                                    ("version", "attempt")})
+    if data_error is not None:
+        found.append(data_error)
+    elif not isinstance(data, dict):
+        found.append(f"column data: a JSON {_json_kind(data)}, not an object")
     return RawRow(
         id=str(r.id), machine=str(r.machine), state=str(r.state), status=str(r.status),
         version=r.version, attempt=r.attempt, wake_at=r.wake_at, key=r.key,
@@ -208,8 +204,9 @@ def row_problems(status: str, wake_at: object, integers: dict[str, object]) -> l
     elif status == "ready" and wake_at is None:
         found.append("ready without wake_at: no worker will claim it")
     for name, value in integers.items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            found.append(f"{name} is {value!r}, not an integer")
+        _, error = decode_value(name, value, integer=True)
+        if error is not None or value is None:
+            found.append(error or f"column {name}: not an integer: None")
     return found
 
 
