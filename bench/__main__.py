@@ -6,6 +6,7 @@ Examples::
     python -m bench --no-scale --repeats 1          # quicker
     python -m bench --only throughput,latency -n 5000 --workers 4
     python -m bench --only profile                  # py-spy profile at 4 workers
+    python -m bench --quick                         # a developer's loop, under 2 minutes
     python -m bench --smoke --output /tmp/x.json    # what the test suite runs (seconds)
 """
 
@@ -23,6 +24,7 @@ from types import FrameType
 from .config import ALL_SECTIONS, DEFAULT_PG_URL, DEFAULT_SECTIONS, Config
 from .report import problems, render, write_json
 from .runner import run
+from .targets import targets
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -60,8 +62,9 @@ def parser() -> argparse.ArgumentParser:
                         f"Default: {DEFAULT_PG_URL}")
     p.add_argument("-n", "--workflows", type=int, help="workflows per timed run (default 2000)")
     p.add_argument("--workers", type=_ints, help="worker counts, e.g. 1,4,8 (the default)")
-    p.add_argument("--modes", type=_names(("threads", "processes")),
-                   help="statemachine worker modes: threads,processes (both by default)")
+    p.add_argument("--modes", type=_names(("threads", "processes", "grouped")),
+                   help="statemachine worker modes: threads,processes,grouped (all by default; "
+                        "grouped = threads with group commit on, where the Worker has it)")
     p.add_argument("--repeats", type=int, help="runs per figure; medians are quoted (default 3)")
     p.add_argument("--only", type=_names(ALL_SECTIONS),
                    help=f"sections to run, from: {', '.join(ALL_SECTIONS)} "
@@ -80,14 +83,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="JSON results file "
                    "(default bench/results/latest.json; a .md report is written next to it)")
     p.add_argument("--keep", action="store_true", help="keep the bench database at the end")
+    p.add_argument("--group-workers", type=_ints, dest="group_workers",
+                   help="handler threads for the grouping section (default 8,32)")
+    p.add_argument("--sqlite-workers", type=_ints, dest="sqlite_workers",
+                   help="worker counts for the SQLite section (default 1,4,8)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes for every section: checks the harness works, not speed")
+    p.add_argument("--quick", action="store_true",
+                   help="a developer's loop under 2 minutes (`make bench-quick`): throughput "
+                        "ratios at 4 and 8 workers, latency, SQLite at 4; medians of 3")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The `Config` the command line asks for: the full run or the smoke one, then overrides."""
-    base = Config.smoke_config() if args.smoke else Config()
+    if args.smoke and args.quick:
+        raise SystemExit("python -m bench: --smoke and --quick do not go together")
+    base = (Config.smoke_config() if args.smoke else Config.quick_config() if args.quick
+            else Config())
     sections = args.only or base.sections
     if args.no_scale:
         sections = tuple(s for s in sections if s != "scale")
@@ -95,9 +108,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         sections = (*sections, "profile")
     overrides = {k: v for k, v in vars(args).items()
                  if v is not None and k in {f.name for f in dataclasses.fields(Config)}
-                 and k not in ("smoke", "keep")}
+                 and k not in ("smoke", "keep", "quick")}
     return dataclasses.replace(base, **overrides, sections=sections, keep=args.keep,
-                               smoke=args.smoke)
+                               smoke=args.smoke, quick=args.quick)
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
@@ -114,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     order = [s for s in (*DEFAULT_SECTIONS, "profile") if s in cfg.sections]
     cfg = dataclasses.replace(cfg, sections=tuple(order))
     results = run(cfg)
+    results["targets"] = targets(results)
     write_json(results, cfg.output)
     markdown = render(results)
     cfg.output.with_suffix(".md").write_text(markdown)

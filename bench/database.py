@@ -11,6 +11,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -202,10 +203,12 @@ def store_engines(store: Store) -> list[Engine]:
     return list(store.engines)
 
 
-def capture_claim_sql(url: str, limit: int) -> tuple[str, Any]:
+def capture_claim_sql(url: str, limit: int, *, since: datetime | None = None,
+                      machine: str = MACHINE_NAME) -> tuple[str, Any]:
     """The SQL and parameters of statemachine's claim, exactly as the library sends it, for
-    `limit` rows of the bench machine. Captured by running a real claim for a machine that has no
-    rows (so nothing is claimed) and swapping the machine name in its parameters."""
+    `limit` rows of `machine` (default the bench machine), bounded below by `since` (a worker's
+    low-water mark; None: the full sweep). Captured by running a real claim for a machine that
+    has no rows (so nothing is claimed) and swapping the machine name in its parameters."""
     store = Store(url)
     seen: list[tuple[str, Any]] = []
 
@@ -218,7 +221,8 @@ def capture_claim_sql(url: str, limit: int) -> tuple[str, Any]:
     for engine in engines:
         event.listen(engine, "before_cursor_execute", record)
     try:
-        store.sql.claim(owner="bench-probe", machines=[_PROBE_MACHINE], limit=limit, lease=30.0)
+        store.sql.claim(owner="bench-probe", machines=[_PROBE_MACHINE], limit=limit, lease=30.0,
+                        since=since)
     finally:
         for engine in engines:
             event.remove(engine, "before_cursor_execute", record)
@@ -226,7 +230,7 @@ def capture_claim_sql(url: str, limit: int) -> tuple[str, Any]:
     if not seen:
         raise RuntimeError("could not capture the claim statement (no FOR UPDATE SKIP LOCKED seen)")
     statement, params = seen[-1]
-    return statement, _swap(params, _PROBE_MACHINE, MACHINE_NAME)
+    return statement, _swap(params, _PROBE_MACHINE, machine)
 
 
 def _swap(params: Any, old: str, new: str) -> Any:

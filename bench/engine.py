@@ -17,11 +17,13 @@ from sqlalchemy import text
 from statemachine import Store, Worker
 
 from .database import backend_cpu, backend_cpu_delta
+from .grouping import group_option
 from .hooks import StatementCounter
 from .procs import BenchError, ChildReport, RunResult, Shared, child_guard, run_processes
 from .workload import TRANSITIONS, BenchFlow
 
-__all__ = ["FinishCounter", "run_processes_mode", "run_threads_mode", "verify_finished"]
+__all__ = ["FinishCounter", "make_worker", "run_grouped_mode", "run_processes_mode",
+           "run_threads_mode", "verify_finished"]
 
 
 class FinishCounter:
@@ -46,21 +48,25 @@ class FinishCounter:
                 self.done.set()
 
 
-def make_worker(store: Store, concurrency: int,
-                on_change: Callable[[Any, int], None]) -> Worker:
-    """The worker every benchmark uses: the bench machine, default lease and polling."""
-    return Worker(store, [BenchFlow()], concurrency=concurrency, on_change=on_change)
+def make_worker(store: Store, concurrency: int, on_change: Callable[[Any, int], None],
+                group: bool | None = None) -> Worker:
+    """The worker every benchmark uses: the bench machine, default lease and polling. `group`:
+    turn group commit on or off (None: the Worker's default; see `bench.grouping`)."""
+    return Worker(store, [BenchFlow()], concurrency=concurrency, on_change=on_change,
+                  **group_option(group))
 
 
 def run_threads_mode(url: str, workers: int, workflows: int, timeout: float,
-                     store_hook: Callable[[Store], None] | None = None) -> RunResult:
+                     store_hook: Callable[[Store], None] | None = None,
+                     group: bool | None = None) -> RunResult:
     """Time one `Worker(concurrency=workers)` in this process until `workflows` finish. CPU is this
-    process's (the main thread only waits). `store_hook` may instrument the store first."""
+    process's (the main thread only waits). `store_hook` may instrument the store first; `group`
+    as for `make_worker`."""
     store = Store(url)
     if store_hook is not None:
         store_hook(store)
     counter = FinishCounter(workflows)
-    worker = make_worker(store, workers, counter)
+    worker = make_worker(store, workers, counter, group)
     try:
         store.current_time()  # open a pooled connection before the clock starts
         server0 = backend_cpu(url)
@@ -100,6 +106,11 @@ def _engine_child(shared: Shared, url: str, concurrency: int, count_statements: 
             store.dispose()
 
     child_guard(shared, body)
+
+
+def run_grouped_mode(url: str, workers: int, workflows: int, timeout: float) -> RunResult:
+    """`run_threads_mode` with group commit on (`bench.grouping.available()` must be true)."""
+    return run_threads_mode(url, workers, workflows, timeout, group=True)
 
 
 def run_processes_mode(url: str, workers: int, workflows: int, timeout: float,

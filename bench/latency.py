@@ -23,7 +23,7 @@ from .engine import make_worker
 from .stats import percentile
 from .workload import Arrived, BenchFlow, Ping, Received, ping_machine
 
-__all__ = ["latency_summary", "measure", "measure_send_to_handler_latency"]
+__all__ = ["latency_summary", "measure", "measure_send_to_handler_latency", "start_to_done"]
 
 PAUSE_S = 0.01  # between runs, so that each start finds the worker idle
 WARMUP = 5
@@ -58,29 +58,40 @@ class _DoneTimes:
             return self.times[workflow_id]
 
 
-def measure(cfg: Config, url: str, log: Log) -> dict[str, Any]:
+def _one_at_a_time(client: Client, done: _DoneTimes, runs: int,
+                   start_calls: list[float] | None = None) -> list[float]:
+    """Start `runs` workflows one by one (after a warm-up), each when the previous is done;
+    returns the seconds from `Client.start` to the terminal commit of each."""
+    to_done: list[float] = []
+    for i in range(WARMUP + runs):
+        time.sleep(PAUSE_S)
+        t0 = time.perf_counter()
+        wid = client.start(BenchFlow, Received(n=i))
+        t1 = time.perf_counter()
+        finished = done.wait_for(wid, 30.0)
+        if i >= WARMUP:
+            if start_calls is not None:
+                start_calls.append(t1 - t0)
+            to_done.append(finished - t0)
+    return to_done
+
+
+def measure(cfg: Config, url: str, log: Log, *, backend: str = "postgresql") -> dict[str, Any]:
     """Run `cfg.latency_runs` workflows one at a time on an idle in-process worker (concurrency 4,
-    the default), twice: timed by the worker hook, then by `Client.wait`."""
-    reset_statemachine(url)
+    the default), twice: timed by the worker hook, then by `Client.wait`. On PostgreSQL the
+    tables are emptied first; a SQLite `url` should be a fresh file."""
+    if backend == "postgresql":
+        reset_statemachine(url)
     store = Store(url)
     client = Client(store, [BenchFlow])
     done = _DoneTimes()
     worker = make_worker(store, 4, done)
-    to_done: list[float] = []
     start_calls: list[float] = []
     to_wait: list[float] = []
     worker.start()
     try:
-        for i in range(WARMUP + cfg.latency_runs):
-            time.sleep(PAUSE_S)
-            t0 = time.perf_counter()
-            wid = client.start(BenchFlow, Received(n=i))
-            t1 = time.perf_counter()
-            finished = done.wait_for(wid, 30.0)
-            if i >= WARMUP:
-                start_calls.append(t1 - t0)
-                to_done.append(finished - t0)
-        log(f"latency start->done p50 {percentile(to_done, 50) * 1000:.1f} ms")
+        to_done = _one_at_a_time(client, done, cfg.latency_runs, start_calls)
+        log(f"latency ({backend}) start->done p50 {percentile(to_done, 50) * 1000:.1f} ms")
         for i in range(cfg.latency_runs):
             time.sleep(PAUSE_S)
             t0 = time.perf_counter()
@@ -89,14 +100,31 @@ def measure(cfg: Config, url: str, log: Log) -> dict[str, Any]:
             to_wait.append(time.perf_counter() - t0)
             if info.status != "done":
                 raise RuntimeError(f"latency workflow {wid} ended {info.status}")
-        log(f"latency start->wait() p50 {percentile(to_wait, 50) * 1000:.1f} ms")
+        log(f"latency ({backend}) start->wait() p50 {percentile(to_wait, 50) * 1000:.1f} ms")
     finally:
         worker.stop(grace=10)
         store.dispose()
     return {"start_to_done": latency_summary(to_done),
             "start_to_wait": latency_summary(to_wait),
             "start_call": latency_summary(start_calls),
-            "worker_concurrency": 4}
+            "worker_concurrency": 4, "backend": backend}
+
+
+def start_to_done(cfg: Config, url: str, *, concurrency: int,
+                  group: bool | None = None) -> dict[str, float | int]:
+    """start -> done latency of `cfg.latency_runs` workflows one at a time on a PostgreSQL worker
+    of `concurrency` threads, grouping set to `group` (see `bench.grouping`)."""
+    reset_statemachine(url)
+    store = Store(url)
+    client = Client(store, [BenchFlow])
+    done = _DoneTimes()
+    worker = make_worker(store, concurrency, done, group)
+    worker.start()
+    try:
+        return latency_summary(_one_at_a_time(client, done, cfg.latency_runs))
+    finally:
+        worker.stop(grace=10)
+        store.dispose()
 
 
 def _wait_for_stamp(cond: threading.Condition, stamps: dict[uuid.UUID, float],

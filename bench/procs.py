@@ -26,6 +26,7 @@ __all__ = ["BenchError", "ChildReport", "RunResult", "Shared", "child_guard", "m
 from .database import backend_cpu_delta
 
 _PRELOAD = ["statemachine", "sqlalchemy", "psycopg", "bench.workload", "bench.reference",
+            "bench.sameplan",
             "bench.engine"]
 
 

@@ -25,9 +25,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .targets import targets
+
 __all__ = ["problems", "render", "write_json"]
 
-IMPL_LABEL = {("reference", "processes"): "reference (raw psycopg), processes",
+IMPL_LABEL = {("reference", "processes"):
+                  "CTE reference (hand-written: claim + CTE commit), processes",
+              ("same_plan", "processes"):
+                  "same-plan loop (hand-written: statemachine's statements, sticky), processes",
+              ("statemachine", "grouped"): "statemachine, threads in 1 process, group commit on",
+              ("statemachine", "ungrouped"):
+                  "statemachine, threads in 1 process, group commit off",
               ("statemachine", "threads"): "statemachine, threads in 1 process",
               ("statemachine", "processes"): "statemachine, processes"}
 
@@ -74,37 +82,55 @@ def _header(results: dict[str, Any]) -> Iterator[str]:
     yield ""
 
 
+def _ratio_cell(table: dict[str, Any], mode: str, workers: int) -> str:
+    value = table.get(mode, {}).get(str(workers))
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def _throughput(results: dict[str, Any]) -> Iterator[str]:
     t = results.get("throughput")
     if not t:
         return
-    ratios = t["ratio_to_reference"]
     workers = sorted({r["workers"] for r in t["runs"]})
-    modes = list(ratios)
-    yield "## Headline: statemachine ÷ reference (transitions/s on PostgreSQL)"
+    modes = list(t["ratio_to_reference"])
+    yield "## Headline: statemachine ÷ the hand-written loops (PostgreSQL, same run)"
     yield ""
-    yield "| workers | " + " | ".join(f"statemachine {m}" for m in modes) + " |"
-    yield "|---:|" + "---:|" * len(modes)
+    yield ("| workers | "
+           + " | ".join(f"{m}: transitions/s ÷ same-plan loop" for m in modes) + " | "
+           + " | ".join(f"{m}: ÷ CTE reference" for m in modes) + " | "
+           + " | ".join(f"{m}: CPU/transition ÷ same-plan loop's" for m in modes) + " |")
+    yield "|---:|" + "---:|" * (3 * len(modes))
     for w in workers:
-        yield f"| {w} | " + " | ".join(f"{ratios[m][str(w)]:.2f}x" for m in modes) + " |"
+        cells = [_ratio_cell(t.get("ratio_to_same_plan", {}), m, w) for m in modes]
+        cells += [_ratio_cell(t["ratio_to_reference"], m, w) for m in modes]
+        cells += [_ratio_cell(t.get("cpu_ratio_to_same_plan", {}), m, w) for m in modes]
+        yield f"| {w} | " + " | ".join(cells) + " |"
+    yield ""
+    yield ("Transitions/s ratios: higher is better (1.00x = as fast as the loop). CPU ratio: "
+           "client + PostgreSQL backend CPU per transition, lower is better.")
     yield ""
     yield "## Throughput on PostgreSQL"
     yield ""
-    yield from _runs_table(t["runs"], ratios)
+    yield from _runs_table(t["runs"], t)
     yield ""
     yield (f"`Client.start_many` inserted {_rate(t['start_many_workflows_per_s'])} workflows/s "
            "(set-up, not part of the timed runs).")
     yield ""
+    for mode, why in (t.get("not_available") or {}).items():
+        yield f"statemachine {mode}: {why}."
+        yield ""
 
 
 def _runs_table(runs: list[dict[str, Any]], ratios: dict[str, Any] | None) -> Iterator[str]:
     ratio_col = ratios is not None
+    cte_col = ratios is not None and "ratio_to_reference" in ratios
     server_col = any(r.get("server_cpu_us_per_transition") for r in runs)
     yield ("| workers | implementation | transitions/s | workflows/s | client CPU µs/transition |"
-           + (" server CPU µs/transition |" if server_col else "")
-           + (" ÷ reference |" if ratio_col else ""))
-    yield ("|---:|---|---:|---:|---:|" + ("---:|" if server_col else "")
-           + ("---:|" if ratio_col else ""))
+           + (" server CPU µs/transition | total CPU µs/transition |" if server_col else "")
+           + (" ÷ same-plan loop |" if ratio_col else "")
+           + (" ÷ CTE reference |" if cte_col else ""))
+    yield ("|---:|---|---:|---:|---:|" + ("---:|---:|" if server_col else "")
+           + ("---:|" if ratio_col else "") + ("---:|" if cte_col else ""))
     for r in runs:
         label = IMPL_LABEL.get((r["impl"], r["mode"]), f"{r['impl']}, {r['mode']}")
         line = (f"| {r['workers']} | {label} | {_rate(r['transitions_per_s'])} | "
@@ -112,16 +138,24 @@ def _runs_table(runs: list[dict[str, Any]], ratios: dict[str, Any] | None) -> It
                 f"{_n(r['cpu_us_per_transition']['median'])} |")
         if server_col:
             server = r.get("server_cpu_us_per_transition")
-            line += f" {_n(server['median']) if server else '-'} |"
+            total = r.get("total_cpu_us_per_transition")
+            line += (f" {_n(server['median']) if server else '-'} |"
+                     f" {_n(total['median']) if total else '-'} |")
         if ratios is not None:
-            ratio = 1.0 if r["impl"] == "reference" else ratios[r["mode"]][str(r["workers"])]
-            line += f" {ratio:.2f}x |"
+            if r["impl"] == "statemachine":
+                mode, w = r["mode"], r["workers"]
+                line += f" {_ratio_cell(ratios.get('ratio_to_same_plan', {}), mode, w)} |"
+                if cte_col:
+                    line += f" {_ratio_cell(ratios['ratio_to_reference'], mode, w)} |"
+            else:
+                line += " |" + (" |" if cte_col else "")
         yield line
 
 
 SQL_COLUMNS = (("statemachine_threads", "statemachine, threads"),
                ("statemachine_processes", "statemachine, processes"),
-               ("reference", "reference"))
+               ("same_plan", "same-plan loop"),
+               ("reference", "CTE reference"))
 
 
 def _sql(results: dict[str, Any]) -> Iterator[str]:
@@ -154,36 +188,81 @@ def _sql(results: dict[str, Any]) -> Iterator[str]:
         yield f"| {kind} | " + " | ".join(cells) + " |"
     yield ""
     yield ("Times are means as the client sees them: the round trip, and in threads mode the "
-           "wait for the GIL after it, included. The reference's claims include "
-           f"{s['reference']['empty_claims_per_transition']:.2f} per transition that found "
-           "nothing." if "reference" in s else "")
+           "wait for the GIL after it, included. Claims that found nothing, per transition: "
+           + ", ".join(f"{label} {s[k]['empty_claims_per_transition']:.2f}" for k, label in cols
+                       if "empty_claims_per_transition" in s[k]) + "."
+           if "reference" in s else "")
     yield ""
 
 
-def _latency(results: dict[str, Any]) -> Iterator[str]:
-    lat, ev = results.get("latency"), results.get("events")
-    if not lat and not ev:
-        return
-    yield "## Latency (PostgreSQL, one workflow at a time, idle in-process worker)"
-    yield ""
-    yield "| measure | runs | p50 ms | p90 ms | p99 ms | max ms |"
-    yield "|---|---:|---:|---:|---:|---:|"
+def _latency_rows(lat: dict[str, Any], backend: str) -> Iterator[str]:
     labels = (("start_to_done", "start → terminal state committed (3 transitions)"),
               ("start_to_wait", "start → `Client.wait` returns"),
               ("start_call", "`Client.start` call alone"))
     for key, label in labels:
-        if not lat:
-            break
         x = lat[key]
-        yield (f"| {label} | {x['runs']} | {x['p50_ms']:.1f} | {x['p90_ms']:.1f} | "
+        yield (f"| {backend} | {label} | {x['runs']} | {x['p50_ms']:.1f} | {x['p90_ms']:.1f} | "
                f"{x['p99_ms']:.1f} | {x['max_ms']:.1f} |")
+
+
+def _latency(results: dict[str, Any]) -> Iterator[str]:
+    lat, ev = results.get("latency"), results.get("events")
+    lite = (results.get("sqlite") or {}).get("latency")
+    if not lat and not ev and not lite:
+        return
+    yield "## Latency (one workflow at a time, idle in-process worker of 4 threads)"
+    yield ""
+    yield "| backend | measure | runs | p50 ms | p90 ms | p99 ms | max ms |"
+    yield "|---|---|---:|---:|---:|---:|---:|"
+    if lat:
+        yield from _latency_rows(lat, "PostgreSQL")
+    if lite:
+        yield from _latency_rows(lite, "SQLite")
     if ev:
         if "skipped" in ev:
-            yield f"| send → handler start | skipped: {ev['skipped']} | | | | |"
+            yield f"| PostgreSQL | send → handler start | skipped: {ev['skipped']} | | | | |"
         else:
             x = ev["send_to_handler"]
-            yield (f"| send → handler start | {x['runs']} | {x['p50_ms']:.1f} | "
+            yield (f"| PostgreSQL | send → handler start | {x['runs']} | {x['p50_ms']:.1f} | "
                    f"{x['p90_ms']:.1f} | {x['p99_ms']:.1f} | {x['max_ms']:.1f} |")
+    yield ""
+
+
+def _grouping(results: dict[str, Any]) -> Iterator[str]:
+    g = results.get("grouping")
+    if not g:
+        return
+    yield "## Group commit (PostgreSQL, threads, same run)"
+    yield ""
+    if not g.get("available"):
+        yield f"Grouped commit: **{g['reason']}**. No grouped figure is reported."
+        yield ""
+        return
+    yield from _runs_table(g["runs"], g)
+    yield ""
+    lone = g["one_thread_latency"]
+    yield "| 1-thread worker, start → done | runs | p50 ms | p99 ms |"
+    yield "|---|---:|---:|---:|"
+    for name in ("ungrouped", "grouped"):
+        x = lone[name]
+        yield f"| {name} | {x['runs']} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} |"
+    yield ""
+
+
+def _targets(results: dict[str, Any]) -> Iterator[str]:
+    found = results.get("targets") or targets(results)
+    yield "## Targets (issue 15)"
+    yield ""
+    cfg = results.get("meta", {}).get("config", {})
+    if cfg.get("smoke") or cfg.get("quick"):
+        yield (f"A {'smoke' if cfg.get('smoke') else 'quick'} run: its sizes are too small to "
+               "judge the targets by (`make bench` does); the verdicts below are indicative only.")
+        yield ""
+    yield "| target | this run | met? |"
+    yield "|---|---|---|"
+    for t in found:
+        met = {True: "**met**", False: "**not met**", None: "not measured"}[t["met"]]
+        yield f"| {t['target']} | {t['result']} | {met} |"
     yield ""
 
 
@@ -237,6 +316,9 @@ def _sqlite(results: dict[str, Any]) -> Iterator[str]:
     yield ""
     yield from _runs_table(s["runs"], None)
     yield ""
+    for mode, why in (s.get("not_available") or {}).items():
+        yield f"statemachine {mode}: {why}."
+        yield ""
 
 
 def _profile(results: dict[str, Any]) -> Iterator[str]:
@@ -281,14 +363,24 @@ def _profile(results: dict[str, Any]) -> Iterator[str]:
 
 def render(results: dict[str, Any]) -> str:
     """The results as a Markdown report."""
-    lines = [*_header(results), *_throughput(results), *_sql(results), *_latency(results),
-             *_scale(results), *_memory(results), *_sqlite(results), *_profile(results)]
+    lines = [*_header(results), *_targets(results), *_throughput(results), *_grouping(results),
+             *_sql(results), *_latency(results),
+             *_scale(results), *_memory(results), *_sqlite(results), *_async(results),
+             *_profile(results)]
     errors = results.get("errors") or {}
     if errors:
         lines += ["## Errors", ""]
         for section, text in errors.items():
             lines += [f"### {section}", "", "```", text.rstrip(), "```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _async(results: dict[str, Any]) -> list[str]:
+    if "async" not in results:
+        return []
+    from .async_worker import render as render_async
+
+    return [*render_async(results["async"]).splitlines(), ""]
 
 
 def _positive(value: Any) -> bool:
@@ -320,12 +412,15 @@ def problems(results: dict[str, Any]) -> list[str]:
         if key not in results:
             continue
         runs = results[key].get("runs", [])
-        impls = {("statemachine", m) for m in cfg.get("modes", [])}
+        missing = results[key].get("not_available") or {}
+        modes = [m for m in cfg.get("modes", []) if m not in missing]
+        impls = {("statemachine", m) for m in modes}
         if key == "throughput":
-            impls.add(("reference", "processes"))
+            impls |= {("reference", "processes"), ("same_plan", "processes")}
+        workers = cfg.get("workers" if key == "throughput" else "sqlite_workers", [])
         have = {(r["impl"], r["mode"], r["workers"]) for r in runs}
         for impl, mode in impls:
-            for w in cfg.get("workers", []):
+            for w in workers:
                 if (impl, mode, w) not in have:
                     out.append(f"{key}: no run for {impl} {mode} {w} workers")
         for r in runs:
@@ -333,16 +428,28 @@ def problems(results: dict[str, Any]) -> list[str]:
                         "elapsed_s"):
                 need(f"{key}.{r['impl']}.{r['mode']}.{r['workers']}.{fig}",
                      get(r, fig, "median"))
+        if key == "sqlite":
+            for fig in ("p50_ms", "p99_ms"):
+                need(f"sqlite.latency.start_to_done.{fig}",
+                     get(results["sqlite"], "latency", "start_to_done", fig))
     if "throughput" in results:
+        missing = results["throughput"].get("not_available") or {}
         need("throughput.start_many_workflows_per_s",
              get(results["throughput"], "start_many_workflows_per_s", "median"))
         for mode in cfg.get("modes", []):
+            if mode in missing:
+                continue
             for w in cfg.get("workers", []):
-                need(f"throughput.ratio_to_reference.{mode}.{w}",
-                     get(results["throughput"], "ratio_to_reference", mode, str(w)))
+                for table in ("ratio_to_reference", "ratio_to_same_plan"):
+                    need(f"throughput.{table}.{mode}.{w}",
+                         get(results["throughput"], table, mode, str(w)))
+    if "grouping" in results and results["grouping"].get("available"):
+        for w in cfg.get("group_workers", []):
+            need(f"grouping.ratio_to_same_plan.grouped.{w}",
+                 get(results["grouping"], "ratio_to_same_plan", "grouped", str(w)))
     if "sql" in results:
         s = results["sql"]
-        for impl in ("statemachine_threads", "statemachine_processes", "reference"):
+        for impl in ("statemachine_threads", "statemachine_processes", "same_plan", "reference"):
             need(f"sql.{impl}.statements_per_transition",
                  get(s, impl, "statements_per_transition"))
             need(f"sql.{impl}.server.xact_commit_per_transition",

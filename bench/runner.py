@@ -20,16 +20,18 @@ from typing import Any
 
 from statemachine import Store
 
-from . import latency, memory, profiling, scale, sqlcount, sysinfo
+from . import async_worker, grouping, latency, memory, profiling, scale, sqlcount, sysinfo
 from .config import Config, Log
 from .database import BenchDatabase, checkpoint, reset_statemachine, server_info
-from .engine import run_processes_mode, run_threads_mode, verify_finished
+from .engine import run_grouped_mode, run_processes_mode, run_threads_mode, verify_finished
 from .procs import RunResult
 from .reference import prepare_reference_tables, run_reference
+from .sameplan import time_same_plan
 from .stats import summary
 from .workload import start_workflows
 
-__all__ = ["run", "summarise_runs"]
+__all__ = ["engine_run_on_fresh_rows", "ratios_of", "run", "summarise_runs", "timed_same_plan",
+           "total_cpu_us"]
 
 
 def make_log(t0: float) -> Log:
@@ -51,6 +53,7 @@ def summarise_runs(backend: str, impl: str, mode: str, workers: int,
         "cpu_us_per_transition": summary([r.cpu_us_per_transition for r in runs]),
         "server_cpu_us_per_transition": _optional_summary(
             [r.server_cpu_us_per_transition for r in runs]),
+        "total_cpu_us_per_transition": _optional_summary([total_cpu_us(r) for r in runs]),
         "elapsed_s": summary([r.elapsed_s for r in runs]),
     }
 
@@ -61,8 +64,24 @@ def _optional_summary(samples: list[float | None]) -> dict[str, Any] | None:
     return summary(present) if present and len(present) == len(samples) else None
 
 
+def _ungrouped(url: str, workers: int, workflows: int, timeout: float) -> RunResult:
+    return run_threads_mode(url, workers, workflows, timeout, group=False)
+
+
+# statemachine's worker modes: threads and processes as the Worker's defaults have them,
+# grouped (threads, group commit on) and ungrouped (threads, group commit off).
+ENGINE_RUNS: dict[str, Callable[[str, int, int, float], RunResult]] = {
+    "threads": run_threads_mode, "processes": run_processes_mode, "grouped": run_grouped_mode,
+    "ungrouped": _ungrouped}
+
+
 def _engine_run(mode: str) -> Callable[[str, int, int, float], RunResult]:
-    return run_threads_mode if mode == "threads" else run_processes_mode
+    return ENGINE_RUNS[mode]
+
+
+def engine_run_on_fresh_rows(cfg: Config, url: str, mode: str, workers: int) -> RunResult:
+    """`_timed_engine_run` without the insert time."""
+    return _timed_engine_run(cfg, url, mode, workers)[0]
 
 
 def _timed_engine_run(cfg: Config, url: str, mode: str, workers: int,
@@ -85,41 +104,104 @@ def _timed_engine_run(cfg: Config, url: str, mode: str, workers: int,
     return result, insert_s
 
 
+# The loops every statemachine figure is divided by: (impl, mode) of their rows.
+LOOPS = (("reference", "processes"), ("same_plan", "processes"))
+
+
+def timed_same_plan(cfg: Config, url: str, workers: int) -> RunResult:
+    """The same-plan loop on statemachine's own tables, started as statemachine's runs are."""
+    reset_statemachine(url)
+    store = Store(url)
+    try:
+        start_workflows(store, cfg.workflows)
+    finally:
+        store.dispose()
+    checkpoint(url)
+    result = time_same_plan(url, workers, cfg.workflows, cfg.run_timeout)
+    verify_finished(url, cfg.workflows)
+    return result
+
+
+def _median(runs: list[RunResult], figure: Callable[[RunResult], float | None]) -> float | None:
+    values = [figure(r) for r in runs]
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present and len(present) == len(values) else None
+
+
+def total_cpu_us(r: RunResult) -> float | None:
+    """Client + PostgreSQL backend CPU µs per transition (None when the server's is unknown)."""
+    server = r.server_cpu_us_per_transition
+    return None if server is None else r.cpu_us_per_transition + server
+
+
+def ratios_of(runs: dict[tuple[str, str, int], list[RunResult]], modes: tuple[str, ...],
+              workers: tuple[int, ...]) -> dict[str, Any]:
+    """statemachine ÷ each loop, from the medians of runs made in the same run: transitions/s
+    (higher is better) and CPU per transition, client + server (lower is better)."""
+    out: dict[str, Any] = {"ratio_to_reference": {}, "ratio_to_same_plan": {},
+                           "cpu_ratio_to_same_plan": {}}
+    for mode in modes:
+        for w in workers:
+            sm = runs.get(("statemachine", mode, w))
+            if not sm:
+                continue
+            rate = _median(sm, lambda r: r.transitions_per_s)
+            cpu = _median(sm, total_cpu_us)
+            for (impl, loop_mode), key in zip(LOOPS, ("ratio_to_reference", "ratio_to_same_plan"),
+                                              strict=True):
+                loop = runs.get((impl, loop_mode, w))
+                loop_rate = _median(loop, lambda r: r.transitions_per_s) if loop else None
+                if rate and loop_rate:
+                    out[key].setdefault(mode, {})[str(w)] = round(rate / loop_rate, 3)
+            plan = runs.get(("same_plan", "processes", w))
+            plan_cpu = _median(plan, total_cpu_us) if plan else None
+            if cpu and plan_cpu:
+                out["cpu_ratio_to_same_plan"].setdefault(mode, {})[str(w)] = round(
+                    cpu / plan_cpu, 3)
+    return out
+
+
 def throughput_postgres(cfg: Config, url: str, log: Log) -> dict[str, Any]:
-    """Reference and statemachine, for every worker count and mode, interleaved per repeat so that
-    background noise hits all of them alike."""
+    """Both hand-written loops and statemachine, for every worker count and mode, interleaved
+    per repeat so that background noise hits all of them alike."""
     prepare_reference_tables(url)
     runs: dict[tuple[str, str, int], list[RunResult]] = {}
     inserts: list[float] = []
+    modes, missing = available_modes(cfg.modes)
+
+    def record(key: tuple[str, str, int], res: RunResult, rep: int) -> None:
+        runs.setdefault(key, []).append(res)
+        log(f"throughput rep {rep + 1}/{cfg.repeats}: {key[0]}, {key[2]} {key[1]}: "
+            f"{res.transitions_per_s:,.0f} transitions/s")
+
     for rep in range(cfg.repeats):
         for workers in cfg.workers:
-            res = run_reference(url, workers, cfg.workflows, cfg.run_timeout)
-            runs.setdefault(("reference", "processes", workers), []).append(res)
-            log(f"throughput rep {rep + 1}/{cfg.repeats}: reference, {workers} processes: "
-                f"{res.transitions_per_s:,.0f} transitions/s")
-            for mode in cfg.modes:
+            record(("reference", "processes", workers),
+                   run_reference(url, workers, cfg.workflows, cfg.run_timeout), rep)
+            record(("same_plan", "processes", workers), timed_same_plan(cfg, url, workers), rep)
+            for mode in modes:
                 res, insert_s = _timed_engine_run(cfg, url, mode, workers)
                 inserts.append(cfg.workflows / insert_s)
-                runs.setdefault(("statemachine", mode, workers), []).append(res)
-                log(f"throughput rep {rep + 1}/{cfg.repeats}: statemachine, {workers} {mode}: "
-                    f"{res.transitions_per_s:,.0f} transitions/s")
+                record(("statemachine", mode, workers), res, rep)
+    order = {"reference": 0, "same_plan": 1, "statemachine": 2}
     entries = [summarise_runs("postgresql", impl, mode, w, r) for (impl, mode, w), r in
-               sorted(runs.items(), key=lambda kv: (kv[0][2], kv[0][0] != "reference", kv[0][1]))]
-    ratios: dict[str, dict[str, float]] = {}
-    for mode in cfg.modes:
-        for workers in cfg.workers:
-            ref = statistics.median(r.transitions_per_s
-                                    for r in runs[("reference", "processes", workers)])
-            sm = statistics.median(r.transitions_per_s
-                                   for r in runs[("statemachine", mode, workers)])
-            ratios.setdefault(mode, {})[str(workers)] = round(sm / ref, 3)
-    return {"runs": entries, "ratio_to_reference": ratios,
-            "start_many_workflows_per_s": summary(inserts)}
+               sorted(runs.items(), key=lambda kv: (kv[0][2], order[kv[0][0]], kv[0][1]))]
+    return {"runs": entries, **ratios_of(runs, modes, cfg.workers),
+            "start_many_workflows_per_s": summary(inserts), "not_available": missing}
+
+
+def available_modes(modes: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The modes this statemachine can run, and why each other one cannot."""
+    if "grouped" in modes and not grouping.available():
+        return tuple(m for m in modes if m != "grouped"), {"grouped": grouping.unavailable_reason()}
+    return modes, {}
 
 
 def throughput_sqlite(cfg: Config, log: Log) -> dict[str, Any]:
-    """statemachine on the embedded SQLite backend: a fresh database file for every run."""
+    """statemachine on the embedded SQLite backend: a fresh database file for every run; then
+    latency on a fresh file."""
     runs: dict[tuple[str, int], list[RunResult]] = {}
+    modes, missing = available_modes(cfg.modes)
     with tempfile.TemporaryDirectory(prefix="sm_bench_sqlite_") as tmp:
         counter = iter(range(10**6))
 
@@ -131,15 +213,17 @@ def throughput_sqlite(cfg: Config, log: Log) -> dict[str, Any]:
             return url
 
         for rep in range(cfg.repeats):
-            for workers in cfg.workers:
-                for mode in cfg.modes:
+            for workers in cfg.sqlite_workers:
+                for mode in modes:
                     res, _ = _timed_engine_run(cfg, "", mode, workers, fresh=fresh)
                     runs.setdefault((mode, workers), []).append(res)
                     log(f"sqlite rep {rep + 1}/{cfg.repeats}: statemachine, {workers} {mode}: "
                         f"{res.transitions_per_s:,.0f} transitions/s")
+        lat = latency.measure(cfg, fresh(), log, backend="sqlite")
     entries = [summarise_runs("sqlite", "statemachine", mode, w, r)
                for (mode, w), r in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
-    return {"runs": entries, "sqlite_version": sqlite3.sqlite_version}
+    return {"runs": entries, "sqlite_version": sqlite3.sqlite_version, "not_available": missing,
+            "latency": lat}
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -170,8 +254,8 @@ def run(cfg: Config) -> dict[str, Any]:
             log(f"section {name} FAILED:\n{results['errors'][name]}")
         meta.setdefault("section_seconds", {})[name] = round(time.monotonic() - s0, 1)
 
-    needs_pg = any(cfg.wants(s) for s in ("throughput", "sql", "latency", "scale", "memory",
-                                          "profile"))
+    needs_pg = any(cfg.wants(s) for s in ("throughput", "grouping", "sql", "latency", "scale",
+                                          "memory", "profile", "async"))
     db: BenchDatabase | None = None
     try:
         if needs_pg:
@@ -180,6 +264,7 @@ def run(cfg: Config) -> dict[str, Any]:
             meta["postgres"] = server_info(db.url)
             url = db.url
             section("throughput", lambda: throughput_postgres(cfg, url, log))
+            section("grouping", lambda: grouping.measure(cfg, url, log))
             section("sql", lambda: sqlcount.measure(cfg, url, log))
             section("latency", lambda: latency.measure(cfg, url, log))
             section("events",
@@ -187,6 +272,7 @@ def run(cfg: Config) -> dict[str, Any]:
             section("scale", lambda: scale.measure(cfg, url, log))
             section("memory", lambda: memory.measure(cfg, url, log))
             section("profile", lambda: profiling.measure(cfg, url, log))
+            section("async", lambda: async_worker.measure_for(cfg, url, log))
         section("sqlite", lambda: throughput_sqlite(cfg, log))
     finally:
         if db is not None:

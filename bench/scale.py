@@ -1,5 +1,6 @@
 """Throughput when ``sm_workflows`` is big: 1,000,000 finished and 100,000 sleeping rows (by
-default) against an empty table, and the plan of the claim query on the big table.
+default) against an empty table, run alternately on two databases of the same server, and the
+plan of the claim query on the big table.
 
 The claim must find due rows through the ``wake_at`` index without touching the finished rows
 (their ``wake_at`` is NULL, outside the partial index) or the sleeping ones (due later, past the
@@ -15,7 +16,7 @@ from typing import Any
 from statemachine import Store
 
 from .config import Config, Log
-from .database import bulk_load_scale, checkpoint, explain_claim, reset_statemachine
+from .database import BenchDatabase, bulk_load_scale, checkpoint, explain_claim, reset_statemachine
 from .engine import run_threads_mode, verify_finished
 from .procs import RunResult
 from .stats import summary
@@ -40,26 +41,33 @@ def _run(cfg: Config, url: str, explain: bool) -> tuple[RunResult, dict[str, Any
 
 
 def measure(cfg: Config, url: str, log: Log) -> dict[str, Any]:
-    """Empty table first (median of the repeats), then load the big one and measure again. Earlier
-    runs' rows stay in the loaded table between repeats: they are finished rows too."""
+    """The empty table (this run's database) against the loaded one (a second database made on
+    the same server and loaded once), run alternately, so that background load that changes
+    during the section hits both alike. Earlier runs' rows stay in the loaded table between
+    repeats: they are finished rows too."""
     empty: list[RunResult] = []
     loaded: list[RunResult] = []
     plans: dict[str, Any] = {}
-    for rep in range(cfg.repeats):
-        reset_statemachine(url)
-        result, plan = _run(cfg, url, explain=rep == 0)
-        empty.append(result)
-        plans.setdefault("empty", plan)
-        log(f"scale rep {rep + 1}: empty table: {result.transitions_per_s:,.0f} transitions/s")
-    reset_statemachine(url)
-    log(f"scale: loading {cfg.scale_finished:,} finished and {cfg.scale_sleeping:,} sleeping rows")
-    load_s = bulk_load_scale(url, cfg.scale_finished, cfg.scale_sleeping)
-    log(f"scale: loaded in {load_s:.1f}s")
-    for rep in range(cfg.repeats):
-        result, plan = _run(cfg, url, explain=rep == 0)
-        loaded.append(result)
-        plans.setdefault("loaded", plan)
-        log(f"scale rep {rep + 1}: loaded table: {result.transitions_per_s:,.0f} transitions/s")
+    big = BenchDatabase(cfg.pg_url)
+    try:
+        log(f"scale: loading {cfg.scale_finished:,} finished and {cfg.scale_sleeping:,} sleeping "
+            f"rows into {big.name}")
+        load_s = bulk_load_scale(big.url, cfg.scale_finished, cfg.scale_sleeping)
+        log(f"scale: loaded in {load_s:.1f}s")
+        for rep in range(cfg.repeats):
+            reset_statemachine(url)
+            result, plan = _run(cfg, url, explain=rep == 0)
+            empty.append(result)
+            plans.setdefault("empty", plan)
+            log(f"scale rep {rep + 1}: empty table: {result.transitions_per_s:,.0f} "
+                "transitions/s")
+            result, plan = _run(cfg, big.url, explain=rep == 0)
+            loaded.append(result)
+            plans.setdefault("loaded", plan)
+            log(f"scale rep {rep + 1}: loaded table: {result.transitions_per_s:,.0f} "
+                "transitions/s")
+    finally:
+        big.drop()
     empty_tps = statistics.median(r.transitions_per_s for r in empty)
     loaded_tps = statistics.median(r.transitions_per_s for r in loaded)
     return {

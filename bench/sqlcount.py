@@ -2,7 +2,8 @@
 statemachine's through SQLAlchemy cursor hooks, the reference's by its loop), how long each kind
 takes as the client sees it (round trip included), and transactions the server committed per
 transition (``pg_stat_database.xact_commit``). One run each of statemachine with threads,
-statemachine with processes (no GIL shared between workers, like the reference) and the reference.
+statemachine with processes (no GIL shared between workers, like the loops), the same-plan loop
+and the CTE reference.
 
 The hooks cost a little time, so this section is not timed; the throughput section is.
 """
@@ -19,6 +20,7 @@ from .database import checkpoint, reset_statemachine, xact_counters
 from .engine import run_processes_mode, run_threads_mode
 from .hooks import APPLY, CLAIM, StatementCounter
 from .reference import load_reference, prepare_reference_tables, time_reference
+from .sameplan import time_same_plan
 from .workload import TRANSITIONS, start_workflows
 
 __all__ = ["measure"]
@@ -33,13 +35,7 @@ def _server_delta(url: str, before: dict[str, int], transitions: int) -> dict[st
 
 def _statemachine(cfg: Config, url: str, mode: str) -> dict[str, Any]:
     n, workers = cfg.sql_workflows, cfg.sql_workers
-    reset_statemachine(url)
-    store = Store(url)
-    try:
-        start_workflows(store, n)
-    finally:
-        store.dispose()
-    checkpoint(url)
+    _fresh_workflows(url, n)
     before = xact_counters(url)
     if mode == "threads":
         counter = StatementCounter()
@@ -51,14 +47,8 @@ def _statemachine(cfg: Config, url: str, mode: str) -> dict[str, Any]:
     return {**StatementCounter.summarise(stats, n * TRANSITIONS), "server": server}
 
 
-def _reference(cfg: Config, url: str) -> dict[str, Any]:
-    n, workers = cfg.sql_workflows, cfg.sql_workers
-    transitions = n * TRANSITIONS
-    prepare_reference_tables(url)
-    load_reference(url, n)
-    checkpoint(url)
-    before = xact_counters(url)
-    ref = time_reference(url, workers, n, cfg.run_timeout).stats
+def _loop_summary(ref: dict[str, float], transitions: int) -> dict[str, Any]:
+    """Per-transition figures from a hand-written loop's own counters."""
     return {
         "statements_per_transition": round((ref["claim_n"] + ref["commit_n"]) / transitions, 3),
         "by_kind_per_transition": {
@@ -68,8 +58,38 @@ def _reference(cfg: Config, url: str) -> dict[str, Any]:
         "mean_ms_by_kind": {
             CLAIM: round(1000 * ref["claim_s"] / max(1.0, ref["claim_n"]), 3),
             APPLY: round(1000 * ref["commit_s"] / max(1.0, ref["commit_n"]), 3)},
-        "server": _server_delta(url, before, transitions),
     }
+
+
+def _reference(cfg: Config, url: str) -> dict[str, Any]:
+    n, workers = cfg.sql_workflows, cfg.sql_workers
+    transitions = n * TRANSITIONS
+    prepare_reference_tables(url)
+    load_reference(url, n)
+    checkpoint(url)
+    before = xact_counters(url)
+    ref = time_reference(url, workers, n, cfg.run_timeout).stats
+    return {**_loop_summary(ref, transitions), "server": _server_delta(url, before, transitions)}
+
+
+def _fresh_workflows(url: str, n: int) -> None:
+    """Empty statemachine's tables, start `n` workflows, and checkpoint before counting."""
+    reset_statemachine(url)
+    store = Store(url)
+    try:
+        start_workflows(store, n)
+    finally:
+        store.dispose()
+    checkpoint(url)
+
+
+def _same_plan(cfg: Config, url: str) -> dict[str, Any]:
+    n, workers = cfg.sql_workflows, cfg.sql_workers
+    transitions = n * TRANSITIONS
+    _fresh_workflows(url, n)
+    before = xact_counters(url)
+    stats = time_same_plan(url, workers, n, cfg.run_timeout).stats
+    return {**_loop_summary(stats, transitions), "server": _server_delta(url, before, transitions)}
 
 
 def measure(cfg: Config, url: str, log: Log) -> dict[str, Any]:
@@ -78,8 +98,9 @@ def measure(cfg: Config, url: str, log: Log) -> dict[str, Any]:
     out: dict[str, Any] = {"workflows": cfg.sql_workflows, "workers": cfg.sql_workers}
     for mode in ("threads", "processes"):
         out[f"statemachine_{mode}"] = _statemachine(cfg, url, mode)
+    out["same_plan"] = _same_plan(cfg, url)
     out["reference"] = _reference(cfg, url)
-    for key in ("statemachine_threads", "statemachine_processes", "reference"):
+    for key in ("statemachine_threads", "statemachine_processes", "same_plan", "reference"):
         log(f"sql: {key}: {out[key]['statements_per_transition']:.2f} statements and "
             f"{out[key]['server']['xact_commit_per_transition']:.2f} server transactions "
             "per transition")

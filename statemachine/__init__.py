@@ -27,6 +27,8 @@ from .errors import (
 )
 
 if _TYPE_CHECKING:
+    from ._async_client import AsyncClient
+    from ._async_worker import AsyncWorker
     from ._client import Client, HistoryEntry, WorkflowInfo
     from ._clock import Clock, SystemClock
     from ._context import Context
@@ -35,6 +37,8 @@ if _TYPE_CHECKING:
         Delayed,
         Failure,
         Machine,
+        Poll,
+        PollAgain,
         Rerun,
         RetryPolicy,
         later,
@@ -42,34 +46,46 @@ if _TYPE_CHECKING:
         on_children,
         on_event,
         on_timeout,
+        poll_again,
         rerun,
         state_name,
         step,
     )
     from ._health import WorkerHealth
     from ._limits import Limit, RetryAfter
+    from ._metrics import Metrics
+    from ._observe import Observer
     from ._runtime import Worker
     from ._schedules import Schedule
     from ._store import Store
+    from ._tracing import Tracing
 
 # Where each lazily loaded name is defined. Importing the package loads no database driver, so
 # `statemachine._decide` (the engine's rules) can be imported without SQLAlchemy or psycopg; a
 # name's module is imported the first time the name is used.
 _LAZY = {
+    "AsyncClient": "_async_client",
+    "AsyncWorker": "_async_worker",
     **dict.fromkeys(["Client", "HistoryEntry", "WorkflowInfo"], "_client"),
     **dict.fromkeys(["Clock", "SystemClock"], "_clock"),
     "Context": "_context",
     **dict.fromkeys(["ChildResult", "Delayed", "Failure", "Machine", "Rerun", "RetryPolicy",
                      "later", "on_cancel", "on_children", "on_event", "on_timeout", "rerun",
                      "state_name", "step"], "_definition"),
+    **dict.fromkeys(["Poll", "PollAgain", "poll_again"], "_definition"),
     "WorkerHealth": "_health",
     **dict.fromkeys(["Limit", "RetryAfter"], "_limits"),
+    "Metrics": "_metrics",
+    "Observer": "_observe",
+    "Tracing": "_tracing",
     "Worker": "_runtime",
     "Schedule": "_schedules",
     "Store": "_store",
 }
 
 __all__ = [
+    "AsyncClient",
+    "AsyncWorker",
     "ChildResult",
     "Client",
     "Clock",
@@ -85,7 +101,11 @@ __all__ = [
     "LeaseLost",
     "Limit",
     "Machine",
+    "Metrics",
+    "Observer",
     "PermanentError",
+    "Poll",
+    "PollAgain",
     "Rerun",
     "RetryAfter",
     "RetryPolicy",
@@ -94,6 +114,7 @@ __all__ = [
     "Store",
     "StoreError",
     "SystemClock",
+    "Tracing",
     "UnknownMachine",
     "UnknownState",
     "WaitTimeout",
@@ -106,6 +127,7 @@ __all__ = [
     "on_children",
     "on_event",
     "on_timeout",
+    "poll_again",
     "rerun",
     "state_name",
     "step",

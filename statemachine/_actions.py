@@ -25,6 +25,7 @@ __all__ = [
     "ChildrenResults",
     "Commit",
     "CountChildren",
+    "DatabaseNow",
     "Done",
     "Dump",
     "EnteredAt",
@@ -32,11 +33,13 @@ __all__ = [
     "Flow",
     "Outcome",
     "PendingEvents",
+    "PollingSince",
     "Question",
     "Raised",
     "RecordExternalChange",
     "RejectEvent",
     "ReleaseChildren",
+    "Repoll",
     "Returned",
     "RunErrorRoute",
     "RunHandler",
@@ -109,6 +112,20 @@ class EnteredAt:
 
 
 @attrs.frozen
+class DatabaseNow:
+    """Answer the time by the database's clock, which deadlines are decided on (the store's
+    clock, a `FakeClock` say, when it was given one); None: use `Attempt.now`."""
+
+
+@attrs.frozen
+class PollingSince:
+    """Answer when a polling step's deadline starts: when the workflow reached `version` (it
+    entered the state), or the latest operator retry since then (None if unknown)."""
+
+    version: int
+
+
+@attrs.frozen
 class ReleaseChildren:
     """Let queued children go while fewer than `up_to` run (None: all of them); answer None."""
 
@@ -125,8 +142,8 @@ class ChildrenResults:
     """Answer the workflow's children as `ChildResult`s, in the order they were started."""
 
 
-Question = (RecordExternalChange | PendingEvents | RejectEvent | EnteredAt | ReleaseChildren
-            | CountChildren | ChildrenResults)
+Question = (RecordExternalChange | PendingEvents | RejectEvent | EnteredAt | DatabaseNow
+            | PollingSince | ReleaseChildren | CountChildren | ChildrenResults)
 
 
 # -- actions (what the runner carries out) ---------------------------------------------------------
@@ -141,6 +158,10 @@ class Call:
     consume_event: uuid.UUID | None = None
     clear_cancel: bool = False
     cancel_children: str | None = None
+    # A polling step: when its state was entered (its deadline runs from then), and the
+    # database's time when this poll started (deadlines are decided on database time only).
+    poll_since: datetime | None = None
+    poll_now: datetime | None = None
 
 
 @attrs.frozen
@@ -173,7 +194,7 @@ class RunErrorRoute:
         return self.handler.error_route.fn, (self.failure,)
 
 
-Done = Literal["transition", "finish", "park", "in_doubt", "cancel", "retry", "rerun"]
+Done = Literal["transition", "finish", "park", "in_doubt", "cancel", "retry", "rerun", "poll"]
 
 
 @attrs.frozen
@@ -183,6 +204,16 @@ class Commit:
     row: ClaimedRow
     change: Change
     what: Done
+
+
+@attrs.frozen
+class Repoll:
+    """A polling step's condition does not hold yet: poll again in `after` seconds, writing no
+    history row (the row keeps its version; `wake_at`, `updated_at` and `polls` move, fenced by
+    the lease token)."""
+
+    row: ClaimedRow
+    after: float
 
 
 @attrs.frozen
@@ -204,7 +235,7 @@ class Stop:
     reason: str
 
 
-Action = RunHandler | RunErrorRoute | Commit | Settle | Stop
+Action = RunHandler | RunErrorRoute | Commit | Repoll | Settle | Stop
 Flow = Generator[Question, Any, Action]
 
 

@@ -13,9 +13,11 @@ from typing import Any
 from ._actions import (
     ChildrenResults,
     CountChildren,
+    DatabaseNow,
     EnteredAt,
     EventSeen,
     PendingEvents,
+    PollingSince,
     Question,
     RecordExternalChange,
     RejectEvent,
@@ -26,7 +28,8 @@ from ._limits import Limit
 from ._records import FINISHED, ChildCounts, ClaimedRow
 from ._serde import Codecs, StateCodec
 from ._store import Store
-from .errors import StateMachineError
+from ._store._faults import is_retryable
+from .errors import StateMachineError, StoreError
 
 __all__ = ["ALL_CHILDREN", "StoreAnswers", "acquire"]
 
@@ -55,6 +58,10 @@ class StoreAnswers:
                 return sql.reject_event(q.event_id, q.reason)
             case EnteredAt():
                 return sql.entered_at(row.id, q.version)
+            case DatabaseNow():
+                return self.store.current_time()
+            case PollingSince():
+                return sql.polling_since(row.id, q.version)
             case ReleaseChildren():
                 up_to = ALL_CHILDREN if q.up_to is None else q.up_to
                 return self.store.transaction(lambda c: sql.release_children(c, row.id, up_to))
@@ -93,15 +100,26 @@ def acquire(store: Store, row: ClaimedRow, limit: Limit, state: object,
     wait (nothing held, a little jitter added) when the key is at its limit."""
     key = limit.key_for(state)
     slot: int | None = None
-    if limit.concurrency is not None:
-        slot = store.sql.acquire_slot(key, limit.concurrency, row.id, lease)
-        if slot is None:
-            return 0.05 + random.random() * 0.15
-    if limit.per_second is not None:
-        count, window = limit.window
-        wait = store.sql.take_start(key, count, window)
-        if wait > 0:
-            if slot is not None:
-                store.sql.release_slot(key, slot, row.id)
-            return wait + random.random() * 0.01
+    try:
+        if limit.concurrency is not None:
+            slot = store.sql.acquire_slot(key, limit.concurrency, row.id, lease)
+            if slot is None:
+                return 0.05 + random.random() * 0.15
+        if limit.rated:
+            count, window = limit.window
+            wait = store.sql.take_start(key, count, window)
+            if wait > 0:
+                if slot is not None:
+                    store.sql.release_slot(key, slot, row.id)
+                return wait + random.random() * 0.01
+    except StoreError as e:
+        if e.__cause__ is None or not is_retryable(e.__cause__):
+            raise
+        # Every retry lost to the other takers of this key: nothing was run, so the workflow
+        # goes back to wait a moment instead of staying held until its lease expires.
+        log.info("workflow %s: limit %r still contended after retries (%s); trying again "
+                 "shortly", row.id, key, e)
+        if slot is not None:
+            store.sql.release_slot(key, slot, row.id)
+        return 0.1 + random.random() * 0.2
     return key, slot

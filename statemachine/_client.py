@@ -13,6 +13,7 @@ from typing import Any, Self
 import attrs
 
 from ._definition import Machine, MachineSpec, state_name
+from ._operator import force_change
 from ._records import HistoryKind, Status
 from ._schema import FINISHED_STATUSES
 from ._serde import Codecs, StateCodec
@@ -53,6 +54,11 @@ class WorkflowInfo:
     updated_at: datetime
     state: object | None = None
     load_error: str | None = None
+
+    @property
+    def state_type(self) -> type | None:
+        """The class of the loaded state (None when it did not load)."""
+        return None if self.state is None else type(self.state)
 
     @property
     def finished(self) -> bool:
@@ -122,30 +128,72 @@ class Client:
     ) -> uuid.UUID:
         """Start a workflow of `machine` in `state` (its initial state); returns the id.
 
-        With a `key`, starting again with the same key returns the first workflow's id and starts
-        nothing (safe to call from a retried request handler)."""
+        With a `key`, starting again with the same key and the same state returns the first
+        workflow's id and starts nothing (safe to call from a retried request handler); the
+        same key with a different state raises `InvalidOperation` naming the existing
+        workflow (its ``workflow_id``)."""
         spec = machine.spec
         _check_initial(spec.name, spec.initial, state)
         codec = self.codecs.of(spec)
         name, data = codec.dump(state)
-        workflow_id, _created = self.store.sql.insert_workflow(
+        workflow_id, created = self.store.sql.insert_workflow(
             machine=spec.name, state=name, data=data, key=key)
+        if not created:
+            self._check_same_start(workflow_id, spec.name, key, name, data)
         self.store.sql.notify()
         return workflow_id
 
     def start_many(
-        self, machine: type[Machine] | Machine, states: Iterable[object]
+        self, machine: type[Machine] | Machine, states: Iterable[object], *,
+        keys: Iterable[str | None] | None = None,
     ) -> list[uuid.UUID]:
-        """Start one workflow per state in a single transaction (bulk, no keys)."""
+        """Start one workflow per state in a single transaction; returns their ids in order.
+
+        `keys`, one per state (None for no key), make each start idempotent as in `start`: a
+        key already used with the same state returns the existing workflow's id, with a
+        different state it raises `InvalidOperation` naming that workflow (and nothing of
+        this call is started)."""
         spec = machine.spec
         codec = self.codecs.of(spec)
         rows = []
         for s in states:
             _check_initial(spec.name, spec.initial, s)
             rows.append(codec.dump(s))
-        ids = self.store.sql.insert_workflows(spec.name, rows)
+        if keys is None:
+            ids = self.store.sql.insert_workflows(spec.name, rows)
+        else:
+            key_list = builtins.list(keys)
+            if len(key_list) != len(rows):
+                raise InvalidArgument(f"start_many got {len(rows)} states but {len(key_list)} "
+                                      "keys (give one key, or None, per state)")
+            ids = self.store.transaction(lambda conn: self._start_keyed(
+                conn, spec.name, rows, key_list))
         self.store.sql.notify()
         return ids
+
+    def _start_keyed(self, conn: Any, machine: str, rows: builtins.list[tuple[str, Any]],
+                     keys: builtins.list[str | None]) -> builtins.list[uuid.UUID]:
+        ids = []
+        for (name, data), key in zip(rows, keys, strict=True):
+            wid, created = self.store.sql.insert_workflow_in(
+                conn, machine=machine, state=name, data=data, key=key)
+            if not created:  # raising rolls back the whole call
+                self._check_same_start(wid, machine, key, name, data, conn=conn)
+            ids.append(wid)
+        return ids
+
+    def _check_same_start(self, existing: uuid.UUID, machine: str, key: str | None,
+                          state: str, data: Any, *, conn: Any = None) -> None:
+        """`InvalidOperation` unless the workflow already started with `key` began in the same
+        state with the same data (so a retried start is harmless and a clash is not)."""
+        first = self.store.sql.first_state(existing, conn=conn)
+        if first is None or first == (state, data):
+            return
+        raise InvalidOperation(
+            f"start key {key!r} of machine {machine} is already used by workflow {existing}, "
+            f"which started in {first[0]} with different data; use another key, or the same "
+            "data to get that workflow back",
+            workflow_id=existing, state=first[0])
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -197,39 +245,77 @@ class Client:
 
     # -- steering ----------------------------------------------------------------------------
 
-    def retry(self, workflow_id: WorkflowId) -> int:
+    def retry(self, workflow_id: WorkflowId, *, reason: str | None = None,
+              actor: str | None = None) -> int:
         """Resume a parked (failed) workflow from the state it is in, with fresh attempts. For
-        one parked in doubt, this says the doubtful attempt did not happen: the handler runs."""
+        one parked in doubt, this says the doubtful attempt did not happen: the handler runs.
+        History records `reason` (default ``retry requested``) and `actor` (who asked)."""
         return self._change(workflow_id, ("failed",), "retry", "ready", wake_after=0.0,
-                            cause="retry requested")
+                            cause=reason or "retry requested", actor=actor)
 
     def resolve(self, workflow_id: WorkflowId, *, to: object | None = None,
-                reason: str = "resolved by an operator") -> int:
+                reason: str = "resolved by an operator", actor: str | None = None) -> int:
         """Settle a workflow parked in doubt: ``to=None`` re-runs the step (the attempt did not
-        take effect), ``to=SomeState(...)`` moves on as if it did. Returns the new version."""
+        take effect), ``to=SomeState(...)`` moves on as if it did. Returns the new version.
+        History records `reason` and `actor` (who did it)."""
         info = self.get(workflow_id)
         if info.status != "failed":
             raise InvalidOperation(f"cannot resolve workflow {info.id}: it is {info.status}, "
                                    "not parked", workflow_id=info.id, state=info.state_name,
                                    status=info.status)
         if to is None:
-            return self.retry(info.id)
-        return self.force(info.id, to, reason=reason)
+            return self.retry(info.id, reason=reason, actor=actor)
+        return self.force(info.id, to, reason=reason, actor=actor)
 
-    def cancel(self, workflow_id: WorkflowId, *, reason: str = "cancel requested") -> str:
+    def cancel(self, workflow_id: WorkflowId, *, reason: str = "cancel requested",
+               actor: str | None = None, skip_compensation: bool = False) -> str:
         """Cancel a workflow, whatever it is doing. Returns ``"cancelled"`` when it ended at once
         (it was not running and its machine has no cancel route for its state), else
         ``"requested"``: a worker carries it out, running the machine's cancel route
         (compensation) if it has one, after a running handler finishes. Children are cancelled
-        with their parent. Recorded in history with `reason` (say who asked)."""
+        with their parent. Every request leaves a history row with `reason` (say who asked):
+        ``cancel`` when carried out (directly or by the cancel route), ``cancel_superseded``
+        when the workflow finished before a worker could carry it out.
+
+        A parked (failed) workflow is cancelled the same way: its cancel route runs. When the
+        route cannot run (the stored state does not load), this raises `InvalidOperation`
+        naming the route, unless `skip_compensation` is true: then the workflow ends
+        ``cancelled`` at once without its compensation, and history says so. Skipping the
+        compensation of a workflow whose handler is running now is refused (try again once the
+        handler has finished). `reason` is followed by ``(by ACTOR)`` when `actor` says who
+        asked."""
         wid = _uuid(workflow_id)
+        if actor:
+            reason = f"{reason} (by {actor})"
         info = self.get(wid)
         codec = self.codecs.get(info.machine)
-        direct = False
-        if codec is not None:
-            # Data that does not load cannot go through a cancel route: cancel it plainly.
-            direct = info.state is None or not codec.spec.cancel_applies(type(info.state))
-        outcome = self.store.sql.request_cancel(wid, reason, direct=direct)
+        spec = codec.spec if codec is not None else None
+        route = spec.cancel if spec is not None else None
+        applies = False
+        if spec is not None and route is not None:
+            # A state name the machine does not know: only a route for every state applies.
+            applies = spec.cancel_applies(info.state_type or spec.states.get(info.state_name,
+                                                                             object))
+        if skip_compensation:
+            if info.status == "running":
+                raise InvalidOperation(
+                    f"cannot skip the compensation of workflow {wid}: a handler of "
+                    f"{info.state_name} is running now; cancel it again once it has finished",
+                    workflow_id=wid, state=info.state_name, status=info.status)
+            skipped = f" (compensation {route.name!r} skipped)" if applies and route else ""
+            outcome = self.store.sql.request_cancel(
+                wid, reason + (skipped or " (compensation skipped)"), direct=True)
+        else:
+            if applies and info.state is None and route is not None:
+                raise InvalidOperation(
+                    f"cannot cancel workflow {wid} through its cancel route {route.name!r}: "
+                    f"its state {info.state_name} does not load ({info.load_error}). Fix the "
+                    "data, or cancel with skip_compensation=True (--skip-compensation) to end "
+                    "it without compensation", workflow_id=wid, state=info.state_name,
+                    status=info.status)
+            # Unknown machine (no codec): a worker, which knows it, decides.
+            direct = codec is not None and not applies
+            outcome = self.store.sql.request_cancel(wid, reason, direct=direct)
         self.store.sql.notify()
         return outcome
 
@@ -255,20 +341,19 @@ class Client:
         codec = self.codec_for(info.machine, workflow_id=info.id)
         return self.send(info.id, codec.load_event(event_type, data))
 
-    def force(self, workflow_id: WorkflowId, state: object, *, reason: str = "forced") -> int:
+    def force(self, workflow_id: WorkflowId, state: object, *, reason: str = "forced",
+              actor: str | None = None) -> int:
         """Put the workflow in `state` and make it due now, whatever it was doing (an in-flight
         handler's result is then discarded). The Python twin of the SQL in
-        docs/how-to/operating-by-sql.md."""
+        docs/how-to/operating-by-sql.md. History records `reason` and `actor` (who did it)."""
         info = self.get(workflow_id)
         codec = self.codec_for(info.machine, workflow_id=info.id)
         self._check_state_of(codec.spec, state, info)
         name, data = codec.dump(state)
-        terminal = codec.spec.is_terminal(type(state))
-        change = Change(
-            workflow_id=info.id, version=info.version, kind="forced", from_state=info.state_name,
-            to_state=name, data=data, status="done" if terminal else "ready", attempt=0,
-            wake_after=None if terminal else 0.0, cause=reason, new_state=True,
-            wake_parent=info.parent_id if terminal else None)
+        change = force_change(
+            workflow_id=info.id, version=info.version, from_state=info.state_name, to_state=name,
+            data=data, terminal=codec.spec.is_terminal(type(state)), parent_id=info.parent_id,
+            reason=reason, actor=actor)
         done = self.store.sql.commit(change)
         if done is None:
             raise InvalidOperation(f"workflow {info.id} changed while forcing it; try again",
@@ -278,7 +363,8 @@ class Client:
         return done.version
 
     def _change(self, workflow_id: WorkflowId, allowed: tuple[str, ...], kind: HistoryKind,
-                status: Status, *, wake_after: float | None, cause: str) -> int:
+                status: Status, *, wake_after: float | None, cause: str,
+                actor: str | None = None) -> int:
         for _ in range(5):
             info = self.get(workflow_id)
             if info.status not in allowed:
@@ -290,7 +376,8 @@ class Client:
                 workflow_id=info.id, version=info.version, expect_status=allowed, kind=kind,
                 from_state=info.state_name, to_state=info.state_name, data=info.data,
                 status=status, attempt=info.attempt, wake_after=wake_after, new_state=False,
-                reset_attempts=True, cause=cause, clear_in_doubt=kind == "retry"))
+                reset_attempts=True, cause=cause, clear_in_doubt=kind == "retry",
+                worker=actor))
             if done is not None:
                 self.store.sql.notify()
                 return done.version

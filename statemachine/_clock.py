@@ -14,7 +14,9 @@ def utcnow() -> datetime:
 
 
 class Clock(Protocol):
-    """A source of aware UTC datetimes."""
+    """A source of aware UTC datetimes. A clock may set ``simulated = True`` (as `FakeClock`
+    does) to stand for the database's clock too: rate-limit windows are then measured on it
+    instead of on the database's."""
 
     def now(self) -> datetime: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -58,6 +59,16 @@ class Context:
         another worker took it over, or an operator changed the row): the handler should stop,
         since whatever it returns will be discarded."""
         self._extend(seconds)
+
+    async def extend_lease_async(self, seconds: float) -> None:
+        """`extend_lease` for an ``async def`` handler: the database call runs in a thread, so
+        the event loop goes on running other handlers meanwhile. Raises `LeaseLost` likewise."""
+        await asyncio.to_thread(self._extend, seconds)
+
+    async def cancel_requested_async(self) -> str | None:
+        """`cancel_requested` for an ``async def`` handler, read in a thread (the event loop is
+        not blocked by the database round trip)."""
+        return await asyncio.to_thread(lambda: self.cancel_requested)
 
     def start_child(self, machine: Any, state: object, *, key: str | None = None) -> uuid.UUID:
         """Start a child workflow of `machine` in `state` when this transition commits (never

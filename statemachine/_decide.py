@@ -38,24 +38,27 @@ from ._actions import (
     ChildrenResults,
     Commit,
     CountChildren,
+    DatabaseNow,
     Done,
     EnteredAt,
     EventSeen,
     Flow,
     Outcome,
     PendingEvents,
+    PollingSince,
     Question,
     Raised,
     RecordExternalChange,
     RejectEvent,
     ReleaseChildren,
+    Repoll,
     Returned,
     RunErrorRoute,
     RunHandler,
     Settle,
     Stop,
 )
-from ._declarations import ChildResult, Delayed, Failure, Rerun, state_name
+from ._declarations import ChildResult, Delayed, Failure, PollAgain, Rerun, state_name
 from ._limits import RetryAfter
 from ._records import FINISHED, Change, ChildCounts, ClaimedRow, Committed, HistoryKind
 from ._spec import Handler
@@ -99,8 +102,8 @@ def decide(a: Attempt) -> Flow:
         row = attrs.evolve(row, entered_version=row.version, attempt=1, external_change=False)
         a = attrs.evolve(a, row=row)
     if a.load_error is not None:
-        if row.cancel_requested:  # no cancel route can run on data that does not load
-            return _cancel_plainly(a)
+        if row.cancel_requested:
+            return _cancel_unloadable(a, a.load_error)
         return _commit(a, "park", Change.parked(row, a.load_error, worker=a.worker,
                                                 started_at=a.now))
     state, spec = a.state, a.spec
@@ -119,6 +122,14 @@ def decide(a: Attempt) -> Flow:
         if row.previous_status == "running":
             return _mark_in_doubt(a, handler, f"attempt {row.attempt - 1} of {handler.name} "
                                   "started and did not finish (worker lost)")
+    interrupts = spec.interrupts(cls)
+    if interrupts:
+        # A step state that accepts events: one that is pending is handled instead of the step
+        # (which has not started; an event sent while it runs waits for its commit).
+        by_name = {state_name(e): h for e, h in interrupts.items()}
+        taken = yield from _take_event(a, by_name, None)
+        if taken is not None:
+            return taken
     if row.previous_status == "running":
         log.warning("workflow %s: attempt %d of %s was abandoned (worker lost); running again",
                     row.id, row.attempt - 1, row.state)
@@ -127,11 +138,19 @@ def decide(a: Attempt) -> Flow:
                 type="WorkerLost", attempt=row.attempt - 1, permanent=True, message=(
                     f"{row.attempt - 1} attempts were abandoned (worker crashed or lost its "
                     "lease); no attempts left")))
+    if handler.poll is not None:
+        # A polling step's deadline runs from entering its state (polls keep the version), or
+        # from an operator's retry of it (a parked poll gets a fresh deadline).
+        since: datetime | None = yield PollingSince(row.entered_version)
+        now: datetime = (yield DatabaseNow()) or a.now
+        return RunHandler(row, handler, (), Call(poll_since=since or now, poll_now=now))
     return RunHandler(row, handler)
 
 
 def _commit(a: Attempt, what: Done, change: Change) -> Commit:
-    return Commit(a.row, _telling_the_parent(change, a.row), what)
+    if change.status in ("done", "cancelled") and a.spec.event_types:
+        change = attrs.evolve(change, close_inbox=True)
+    return Commit(a.row, _finishing(change, a.row), what)
 
 
 def _park(a: Attempt, row: ClaimedRow, reason: str) -> Commit:
@@ -140,10 +159,17 @@ def _park(a: Attempt, row: ClaimedRow, reason: str) -> Commit:
                                             started_at=a.now))
 
 
-def _telling_the_parent(change: Change, row: ClaimedRow) -> Change:
-    """A child that finishes, however it finishes (done, parked, cancelled), wakes its parent."""
-    if change.finishes and row.parent_id is not None and change.wake_parent is None:
-        return attrs.evolve(change, wake_parent=row.parent_id)
+def _finishing(change: Change, row: ClaimedRow) -> Change:
+    """What a change that finishes the workflow also does: a child, however it finishes (done,
+    parked, cancelled), wakes its parent; and unless the change carries out a cancel request, a
+    request pending at commit (asked for while the handler ran) is recorded as superseded, in
+    the same transaction, so no cancel request is ever lost without a trace."""
+    if not change.finishes:
+        return change
+    if row.parent_id is not None and change.wake_parent is None:
+        change = attrs.evolve(change, wake_parent=row.parent_id)
+    if not change.clear_cancel:
+        change = attrs.evolve(change, supersede_cancel=True)
     return change
 
 
@@ -158,6 +184,25 @@ def _cancel(a: Attempt, state: object) -> Action:
         return RunHandler(a.row, cancel, (), Call(kind="cancel", cause=reason, clear_cancel=True,
                                                   cancel_children=reason))
     return _cancel_plainly(a)
+
+
+def _cancel_unloadable(a: Attempt, load_error: str) -> Commit:
+    """A cancel request for a state that does not load: no cancel route can run on it. Cancel
+    plainly when the machine has no route for the stored state; otherwise park, naming the
+    route, for a person to fix the data or cancel again skipping the compensation."""
+    route = a.spec.cancel
+    # A state name the machine does not know is handled only by a route for every state.
+    if route is None or not a.spec.cancel_applies(a.spec.states.get(a.row.state, object)):
+        return _cancel_plainly(a)
+    row = a.row
+    park = _park(a, row, (
+        f"cancel requested ({row.cancel_requested}), but the state does not load "
+        f"({load_error}): the cancel route {route.name!r} cannot run. Fix the data and cancel "
+        f"again, or `statemachine cancel {row.id} --skip-compensation` to end it without "
+        "compensation"))
+    # The park answers the request (its history row says why): it is not pending any more.
+    return attrs.evolve(park, change=attrs.evolve(park.change, clear_cancel=True,
+                                                  supersede_cancel=False))
 
 
 def _cancel_plainly(a: Attempt) -> Commit:
@@ -219,6 +264,11 @@ def _wait(a: Attempt, state: object) -> Flow:
     by_name = {state_name(e): h for e, h in spec.events.get(cls, {}).items()}
     timeout = spec.timeouts.get(cls)
     children = spec.children.get(cls)
+    if timeout is not None:
+        # Whether the deadline has passed is decided on the database's clock, which wrote the
+        # entry time and the events' times, never on this worker's (which may be off).
+        a = attrs.evolve(a, now=(yield DatabaseNow()) or a.now)
+    now = a.now
     try:
         deadline = yield from _deadline(a, timeout, state)
     except Exception as e:
@@ -226,21 +276,9 @@ def _wait(a: Attempt, state: object) -> Flow:
                      f"{type(e).__name__}: {e}")
 
     if by_name:
-        seen: list[EventSeen] = yield PendingEvents()
-        for event in seen:
-            if event.type not in spec.event_types:
-                yield RejectEvent(event.id, f"machine {spec.name} has no event named "
-                                  f"{event.type!r}")
-                continue
-            if event.type not in by_name:
-                continue  # buffered for a later state
-            if event.error is not None:
-                yield RejectEvent(event.id, event.error)
-                continue
-            if deadline is not None and a.now >= deadline and event.created_at > deadline:
-                break  # it came after the deadline: the timeout wins
-            return RunHandler(row, by_name[event.type], (event.event,), Call(
-                cause=f"event {event.type} {event.id}", consume_event=event.id))
+        taken = yield from _take_event(a, by_name, deadline)
+        if taken is not None:
+            return taken
 
     if children is not None:
         if children.max_running is not None:
@@ -257,9 +295,33 @@ def _wait(a: Attempt, state: object) -> Flow:
             return RunHandler(row, children, (results,),
                               Call(cause=f"children finished ({len(results)})"))
 
-    if timeout is not None and deadline is not None and a.now >= deadline:
+    if timeout is not None and deadline is not None and now >= deadline:
         return RunHandler(row, timeout, (), Call(cause=f"timeout at {deadline.isoformat()}"))
     return Settle(row, deadline, tuple(by_name), children)
+
+
+def _take_event(a: Attempt, by_name: dict[str, Handler[Any]],
+                deadline: datetime | None) -> Generator[Question, Any, RunHandler | None]:
+    """The handler run for the first pending event (in the order sent) that the state accepts,
+    rejecting on the way those that no state of the machine could ever accept; None if there is
+    none, or it came after a deadline that has passed (the timeout wins)."""
+    spec, row = a.spec, a.row
+    seen: list[EventSeen] = yield PendingEvents()
+    for event in seen:
+        if event.type not in spec.event_types:
+            yield RejectEvent(event.id, f"machine {spec.name} has no event named "
+                              f"{event.type!r}")
+            continue
+        if event.type not in by_name:
+            continue  # buffered for a later state
+        if event.error is not None:
+            yield RejectEvent(event.id, event.error)
+            continue
+        if deadline is not None and a.now >= deadline and event.created_at > deadline:
+            return None  # it came after the deadline: the timeout wins
+        return RunHandler(row, by_name[event.type], (event.event,), Call(
+            cause=f"event {event.type} {event.id}", consume_event=event.id))
+    return None
 
 
 def _deadline(a: Attempt, timeout: Handler[Any] | None,
@@ -311,6 +373,8 @@ def after_handler(a: Attempt, run: RunHandler, outcome: Outcome, *, sticky: bool
     value = outcome.value
     if isinstance(value, Rerun) and run.call.kind == "reconciled" and run.step is not None:
         return _rerun_or_give_up(a, run.step)
+    if isinstance(value, PollAgain) and run.call.poll_since is not None:
+        return _poll_again(a, handler, run.call.poll_since, run.call.poll_now or a.now)
     who = _Returner(handler.name, handler.targets, run.call.kind, fails=handler)
     return _result(a, who, outcome, run.call, sticky=sticky)
 
@@ -329,6 +393,25 @@ def after_error_route(a: Attempt, run: RunErrorRoute, outcome: Outcome, *,
                      f"{type(e).__name__}: {e}")
     who = _Returner(route.name, route.targets, "error_route", error=text)
     return _result(a, who, outcome, Call(), sticky=sticky)
+
+
+def _poll_again(a: Attempt, handler: Handler[Any], since: datetime, now: datetime) -> Action:
+    """A polling step's condition does not hold yet: poll again after the backoff, or, past
+    the deadline, the step has failed for good (its error route, or a park). `now` is the
+    database's time when the poll started, so a worker's own clock never moves the deadline."""
+    poll = handler.poll
+    assert poll is not None
+    elapsed = (now - since).total_seconds()
+    if elapsed >= poll.deadline:
+        return _failed_for_good(a, handler, Failure(
+            type="PollDeadline", attempt=a.row.attempt, permanent=True, message=(
+                f"{handler.name}: the condition did not hold within "
+                f"{timedelta(seconds=poll.deadline)} (polling since {since.isoformat()})")))
+    after = poll.next_poll(elapsed)
+    if poll.record:
+        return _commit(a, "poll", Change.polled(a.row, after=after, worker=a.worker,
+                                                started_at=a.now))
+    return Repoll(a.row, after)
 
 
 def _after_error(a: Attempt, handler: Handler[Any], error: BaseException) -> Action:
@@ -400,7 +483,7 @@ def _result(a: Attempt, who: _Returner, returned: Returned, call: Call, *,
         started = tuple(attrs.evolve(c, queued=True) for c in started)
     change = attrs.evolve(
         change, cause=call.cause, children=started, consume_event=call.consume_event,
-        clear_cancel=terminal or call.clear_cancel, cancel_children=call.cancel_children)
+        clear_cancel=call.clear_cancel, cancel_children=call.cancel_children)
     if delayed is not None:
         change = attrs.evolve(change, wake_at=delayed.at, wake_after=delayed.after)
     return _commit(a, "transition", change)
@@ -456,7 +539,7 @@ def after_refusal(commit: Commit, error: StoreError) -> Commit | None:
     if commit.change.kind == "parked" or not refused_for_good(error):
         return None
     row = commit.row
-    return Commit(row, _telling_the_parent(Change.parked(
+    return Commit(row, _finishing(Change.parked(
         row, f"workflow {row.id}: the database refused the result of {row.state}: {error}",
         worker=commit.change.worker or "", started_at=commit.change.started_at), row), "park")
 

@@ -30,6 +30,8 @@ __all__ = [
     "Delayed",
     "EventDeclaration",
     "Failure",
+    "Poll",
+    "PollAgain",
     "Rerun",
     "RetryPolicy",
     "RouteDeclaration",
@@ -40,6 +42,7 @@ __all__ = [
     "on_children",
     "on_event",
     "on_timeout",
+    "poll_again",
     "rerun",
     "state_name",
     "step",
@@ -151,9 +154,93 @@ def rerun() -> Rerun:
     return Rerun()
 
 
+def _seconds(value: timedelta | float) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidDefinition(f"Poll: expected seconds or a timedelta, got {value!r}")
+    return float(value)
+
+
+def _maybe_seconds(value: timedelta | float | None) -> float | None:
+    return None if value is None else _seconds(value)
+
+
+@attrs.frozen
+class Poll:
+    """How a polling step repeats: ``@step(poll=Poll(every=5, max_every=60, deadline=3600))``.
+
+    The step's handler looks once and returns the next state when its condition holds, or
+    `poll_again()` when it does not yet. The interval starts at `every` and grows by `backoff`
+    per interval (geometrically; it is derived from the time since the state was entered, so a
+    restart does not reset it) up to `max_every`, shortened by up to `jitter` at random. After
+    `deadline` (from entering the state, on the store's clock) a `poll_again()` is a permanent
+    failure of the step (type ``PollDeadline``): its error route runs, or the workflow is parked.
+
+    A poll that returns `poll_again()` writes no history row unless ``record=True``: the row keeps
+    its version (and idempotency key); only `wake_at`, `updated_at` and the `polls` counter move,
+    under the lease token. Seconds or timedeltas everywhere."""
+
+    every: float = attrs.field(converter=_seconds)
+    deadline: float = attrs.field(converter=_seconds)
+    max_every: float | None = attrs.field(default=None, converter=_maybe_seconds)
+    backoff: float = 2.0
+    jitter: float = 0.1
+    record: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if not self.every > 0:
+            raise InvalidDefinition(f"Poll.every must be > 0 seconds, got {self.every}")
+        if not self.deadline > 0:
+            raise InvalidDefinition(f"Poll.deadline must be > 0 seconds, got {self.deadline}")
+        if self.deadline < self.every:
+            raise InvalidDefinition(
+                f"Poll.deadline ({self.deadline}s) is shorter than its first interval "
+                f"every={self.every}s: it would never poll twice")
+        if self.max_every is not None and self.max_every < self.every:
+            raise InvalidDefinition(
+                f"Poll.max_every ({self.max_every}s) must be >= every ({self.every}s)")
+        if not self.backoff >= 1:
+            raise InvalidDefinition(
+                f"Poll.backoff must be >= 1 (1 polls at a fixed interval), got {self.backoff}")
+        if not 0 <= self.jitter < 1:
+            raise InvalidDefinition(f"Poll.jitter must be in [0, 1), got {self.jitter}")
+
+    def interval(self, elapsed: float) -> float:
+        """Seconds to the next poll, `elapsed` seconds after entering the state (before jitter).
+
+        Polls at every*(1, 1+b, 1+b+b^2, ...) follow from ``every + (backoff - 1) * elapsed``:
+        each interval is `backoff` times the previous, with no counter to keep."""
+        grown = self.every + (self.backoff - 1) * max(0.0, elapsed)
+        return grown if self.max_every is None else min(self.max_every, grown)
+
+    def next_poll(self, elapsed: float) -> float:
+        """`interval` shortened by up to `jitter` at random, never past the deadline."""
+        base = self.interval(elapsed) * (1 - self.jitter * random.random())
+        return max(0.0, min(base, self.deadline - elapsed))
+
+
+@attrs.frozen
+class PollAgain:
+    """What a polling step returns while its condition does not hold yet. Build it with
+    `poll_again`; annotate the handler ``-> Booted | PollAgain``."""
+
+
+def poll_again() -> PollAgain:
+    """See `PollAgain` and `Poll`."""
+    return PollAgain()
+
+
+T = TypeVar("T")
+
+
 @attrs.frozen
 class ChildResult:
-    """How a child workflow ended, as its parent's `on_children` handler sees it."""
+    """How a child workflow ended, as its parent's `on_children` handler sees it.
+
+    `state` is the child's final state object when the worker runs (or knows) the child's
+    machine and the child finished, else None; `data` is its stored JSON either way. Use
+    `state_as` for a typed view: ``c.state_as(Invoiced)`` is the `Invoiced` state or None."""
 
     id: uuid.UUID
     machine: str
@@ -167,6 +254,10 @@ class ChildResult:
     def succeeded(self) -> bool:
         """True when the child reached one of its terminal states (status done)."""
         return self.status == "done"
+
+    def state_as(self, cls: type[T]) -> T | None:
+        """The child's state if it is a `cls` (typed for the checker), else None."""
+        return self.state if isinstance(self.state, cls) else None
 
 
 
@@ -211,13 +302,15 @@ class StepDeclaration(Generic[F]):
     transactional: bool = False
     # Never re-run blindly after an attempt that may have taken effect (see `reconcile`).
     at_most_once: bool = False
+    # A polling step: returns `poll_again()` until its condition holds (see `Poll`).
+    poll: Poll | None = None
 
-    def on_error(self, fn: Callable[..., Any]) -> RouteDeclaration[Any]:
+    def on_error(self, fn: Callable[..., Any] | RouteDeclaration[Any]) -> RouteDeclaration[Any]:
         """Declare the error route: ``fn(self, state, failure, ctx) -> NextState`` runs when the
         step fails permanently or runs out of retries, instead of parking the workflow."""
         return _route("error", self, fn)
 
-    def reconcile(self, fn: Callable[..., Any]) -> RouteDeclaration[Any]:
+    def reconcile(self, fn: Callable[..., Any] | RouteDeclaration[Any]) -> RouteDeclaration[Any]:
         """Declare how an at-most-once step recovers from an attempt that started and never
         finished (worker killed, or the handler raised): ``fn(self, state, ctx) -> Next`` asks
         the outside world what happened and returns the state to go to (the step's own state to
@@ -299,11 +392,11 @@ def step(fn: F, /) -> StepDeclaration[F]: ...
 @overload
 def step(
     *, retry: RetryPolicy | None = None, limit: Limit | None = None, transactional: bool = False,
-    at_most_once: bool = False,
+    at_most_once: bool = False, poll: Poll | None = None,
 ) -> Callable[[F], StepDeclaration[F]]: ...
 def step(
     fn: F | None = None, /, *, retry: RetryPolicy | None = None, limit: Limit | None = None,
-    transactional: bool = False, at_most_once: bool = False,
+    transactional: bool = False, at_most_once: bool = False, poll: Poll | None = None,
 ) -> StepDeclaration[F] | Callable[[F], StepDeclaration[F]]:
     """Mark a method as the step handler of the state its first parameter is annotated with.
 
@@ -316,13 +409,21 @@ def step(
     run again if the transaction is retried, so keep outside I/O out of it).
     ``at_most_once=True``: an attempt that started and never finished is never re-run blindly;
     its `reconcile` handler decides, or the workflow is parked in doubt for a human.
+    ``poll=Poll(...)``: the handler looks, and returns `poll_again()` until its condition holds,
+    with backoff and a deadline, writing no history row per poll (see `Poll`).
     """
     if transactional and at_most_once:
         raise InvalidDefinition("a step is transactional (exactly-once in the database) or "
                                 "at_most_once (outside effects), not both")
+    if poll is not None and not isinstance(poll, Poll):
+        raise InvalidDefinition(f"step(poll=...) takes a Poll, got {poll!r}")
+    if poll is not None and at_most_once:
+        raise InvalidDefinition("a polling step looks (it is run again each poll); it cannot be "
+                                "at_most_once")
 
     def make(f: F) -> StepDeclaration[F]:
-        return StepDeclaration(f, retry or DEFAULT_RETRY, limit, transactional, at_most_once)
+        return StepDeclaration(f, retry or DEFAULT_RETRY, limit, transactional, at_most_once,
+                               poll)
 
     return make(fn) if fn is not None else make
 
@@ -336,8 +437,15 @@ def on_event(
 def on_event(
     fn: F | None = None, /, *, retry: RetryPolicy | None = None, limit: Limit | None = None
 ) -> EventDeclaration[F] | Callable[[F], EventDeclaration[F]]:
-    """Handle an event in a waiting state: ``fn(self, state: Waiting, event: SomeEvent, ctx) ->
-    Next``. Events that arrive before the workflow waits for them are buffered, in order."""
+    """Handle an event: ``fn(self, state: Waiting, event: SomeEvent, ctx) -> Next``.
+
+    The state annotation may be a union (``state: Welcome | Waiting | Tip``): one handler for
+    the event in each of those states. Events are handled in the order they were sent. In a
+    waiting state an event moves it on at once; in a step state a pending event is handled
+    instead of the step when the workflow next comes to run it (an event sent while the step
+    runs waits for the step's commit, then goes to the state it moved to, if that accepts it).
+    Events that arrive before a state accepts them are buffered; those still pending when the
+    workflow ends are marked rejected, with the reason."""
 
     def make(f: F) -> EventDeclaration[F]:
         return EventDeclaration(f, retry or DEFAULT_RETRY, limit)

@@ -1,6 +1,7 @@
 """Concurrency and rate limits per key, and the `RetryAfter` signal for HTTP 429.
 
     STRIPE = Limit(key=lambda s: f"stripe:{s.account}", concurrency=4, per_second=10)
+    CLOUDFLARE = Limit(key="cloudflare", per=timedelta(minutes=5), count=1200)
 
     @step(limit=STRIPE)
     def charge(self, state: Due, ctx: Context) -> Charged: ...
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -25,30 +26,72 @@ __all__ = ["Limit", "RetryAfter"]
 
 @attrs.frozen
 class Limit:
-    """At most `concurrency` handlers at once and `per_second` handler starts per second, for
-    all workflows sharing a key. The rate is exact over a sliding window: ``per_second=10`` never
-    lets 11 start within one second; ``per_second=0.5`` allows one start per two seconds. `key`
-    is a string, or a function of the state (one limit per customer account, say)."""
+    """At most `concurrency` handlers at once, and at most `count` handler starts in any window
+    of length `per`, for all workflows sharing a key.
+
+    The rate is exact over a sliding window: ``count=1200, per=timedelta(minutes=5)`` never lets
+    1,201 start within any five minutes. ``per_second=r`` is a shorthand: ``per_second=10`` is
+    ``count=10, per=timedelta(seconds=1)``, and a rate below one (``per_second=0.5``) is one start
+    per ``1 / r`` seconds. `key` is a string, or a function of the state (one limit per customer
+    account, say). Give a rate either as `per_second` or as `count` with `per`, not both."""
 
     key: str | Callable[[Any], str]
     concurrency: int | None = None
     per_second: float | None = None
+    count: int | None = attrs.field(default=None, kw_only=True)
+    per: timedelta | None = attrs.field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
-        if self.concurrency is None and self.per_second is None:
-            raise InvalidDefinition("Limit needs concurrency= or per_second= (or both)")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise InvalidDefinition(f"Limit(concurrency={self.concurrency}): must be >= 1")
-        if self.per_second is not None and self.per_second <= 0:
-            raise InvalidDefinition(f"Limit(per_second={self.per_second}): must be > 0")
+        rate = self.per_second is not None
+        window = self.count is not None or self.per is not None
+        if self.concurrency is None and not rate and not window:
+            raise InvalidDefinition(
+                "Limit needs concurrency=, per_second=, or count= with per= (or a cap and a rate)")
+        if self.concurrency is not None and (
+                isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int)
+                or self.concurrency < 1):
+            raise InvalidDefinition(
+                f"Limit(concurrency={self.concurrency!r}): must be a whole number >= 1")
+        if rate and window:
+            raise InvalidDefinition(
+                "Limit takes per_second= or count= with per=, not both (per_second=r is "
+                "count=r, per=timedelta(seconds=1))")
+        if rate:
+            assert self.per_second is not None
+            if isinstance(self.per_second, bool) or not self.per_second > 0:
+                raise InvalidDefinition(f"Limit(per_second={self.per_second!r}): must be > 0")
+        if window:
+            self._check_window()
+
+    def _check_window(self) -> None:
+        if self.count is None or self.per is None:
+            given, missing = ("count", "per") if self.per is None else ("per", "count")
+            raise InvalidDefinition(
+                f"Limit({given}=...) needs {missing}= too: at most `count` starts per window "
+                "`per`, e.g. Limit(key, count=1200, per=timedelta(minutes=5))")
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise InvalidDefinition(f"Limit(count={self.count!r}): must be a whole number >= 1")
+        if not isinstance(self.per, timedelta):
+            raise InvalidDefinition(
+                f"Limit(per={self.per!r}): must be a timedelta, e.g. timedelta(minutes=5)")
+        if self.per.total_seconds() < 0.001:
+            raise InvalidDefinition(f"Limit(per={self.per!r}): the window must be at least 1 ms")
 
     def key_for(self, state: object) -> str:
         """The limit's key for a workflow in `state`."""
         return self.key if isinstance(self.key, str) else str(self.key(state))
 
     @property
+    def rated(self) -> bool:
+        """Whether the limit caps starts per window (`per_second`, or `count` per `per`)."""
+        return self.per_second is not None or self.count is not None
+
+    @property
     def window(self) -> tuple[int, float]:
-        """(starts, seconds): the rate as a count per sliding window of at least one second."""
+        """(starts, seconds): the rate as a count per sliding window (of at least one second
+        for `per_second`)."""
+        if self.count is not None and self.per is not None:
+            return self.count, self.per.total_seconds()
         assert self.per_second is not None
         seconds = max(1.0, 1.0 / self.per_second)
         return max(1, round(self.per_second * seconds)), seconds

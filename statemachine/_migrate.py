@@ -1,8 +1,11 @@
 """Applying `migrations/*.sql` in order, recording each applied version in `sm_migrations`.
 
-Migrations are plain SQL files, one folder per dialect family (`postgresql/` also serves
-CockroachDB). They ship inside the wheel as `statemachine/migrations`; in a source checkout they are
-read from the top-level `migrations/` folder.
+Migrations are plain SQL files, one folder per family: `sqlite/`, `postgresql/` and
+`cockroachdb/` (hash-sharded indexes, row-level TTL). The family is the dialect's, checked against
+the server: the CockroachDB dialect talking to a PostgreSQL server (how the test suite exercises
+that dialect without a CockroachDB) uses `postgresql/`. They ship inside the wheel as
+`statemachine/migrations`; in a source checkout they are read from the top-level `migrations/`
+folder. Every family has the same numbered files, so a version means the same tables everywhere.
 
 Safe to run from every process at once, and again after an interruption at any point:
 
@@ -38,7 +41,8 @@ from .errors import StoreError
 if TYPE_CHECKING:
     from ._store import Store
 
-__all__ = ["apply_migrations", "migration_files", "migration_statements", "migrations_dir"]
+__all__ = ["COCKROACH_GC_TTL_SECONDS", "apply_migrations", "cockroach_advice", "migration_family",
+           "migration_files", "migration_statements", "migrations_dir"]
 
 _VERSION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -54,9 +58,40 @@ def migrations_dir() -> Path:
     raise StoreError("statemachine's migrations folder is missing from this installation")
 
 
-def migration_files(dialect: str) -> list[tuple[str, Path]]:
-    """(version, file) for `dialect`, in the order they apply."""
-    family = "sqlite" if dialect == "sqlite" else "postgresql"
+FAMILIES = ("sqlite", "postgresql", "cockroachdb")
+
+# Deleted index keys of the queue table are scanned until garbage collection (4 hours by default):
+# CockroachDB's guidance for queue-shaped tables is a short gc.ttlseconds.
+COCKROACH_GC_TTL_SECONDS = 600
+
+
+def cockroach_advice() -> str:
+    """What `statemachine migrate` prints on CockroachDB: the zone configuration it recommends
+    and does not apply itself (changing one needs the ZONECONFIG privilege, which the
+    application's user should not need)."""
+    return (f"recommended for the queue table (once, by a user with the ZONECONFIG privilege): "
+            f"ALTER TABLE sm_workflows CONFIGURE ZONE USING gc.ttlseconds = "
+            f"{COCKROACH_GC_TTL_SECONDS};")
+
+
+def migration_family(store: Store) -> str:
+    """The migration folder for `store`: its dialect's, except that the CockroachDB dialect on a
+    PostgreSQL server (the test suite's `crdb-dialect` backend) takes `postgresql/`."""
+    from ._database import is_cockroach_version
+
+    if store.is_sqlite:
+        return "sqlite"
+    if store.dialect != "cockroachdb":
+        return "postgresql"
+    version = store.transaction(lambda conn: str(conn.execute(text("SELECT version()")).scalar()))
+    return "cockroachdb" if is_cockroach_version(version) else "postgresql"
+
+
+def migration_files(family: str) -> list[tuple[str, Path]]:
+    """(version, file) for a family (`sqlite`, `postgresql`, `cockroachdb`), in the order they
+    apply."""
+    if family not in FAMILIES:
+        raise ValueError(f"no migration family {family!r} (expected one of {FAMILIES})")
     files = []
     for path in sorted((migrations_dir() / family).iterdir()):
         match = _VERSION.match(path.name)
@@ -85,7 +120,7 @@ def apply_migrations(store: Store) -> list[str]:
     done = store.transaction(
         lambda conn: set(conn.execute(select(migrations_table.c.version)).scalars()))
     recorded: list[str] = []
-    for version, path in migration_files(store.dialect):
+    for version, path in migration_files(migration_family(store)):
         if version in done:
             continue
         for statement in migration_statements(path.read_text()):

@@ -42,8 +42,10 @@ HistoryKind = Literal[
     "in_doubt",         # an at-most-once attempt may or may not have taken effect
     "reconciled",       # the reconcile handler decided where an attempt in doubt went
     "rerun",            # reconciled: it did not take effect, run it again
+    "polled",           # a polling step's condition did not hold yet (only with Poll(record=True))
     "error_route",      # the step failed for good and its error route chose the next state
     "cancel",           # cancelled (directly, or through the cancel route)
+    "cancel_superseded",  # a cancel request found the workflow finished first (not carried out)
     "external_change",  # the row was changed outside the engine (an operator's UPDATE)
     "forced",           # Client.force / statemachine force
     "retry",            # an operator's retry of a parked workflow
@@ -73,6 +75,9 @@ class ClaimedRow:
     # Set by the store when a column could not be decoded ("column data: not valid JSON: ...");
     # the workflow is then parked with this text instead of run.
     data_error: str | None = None
+    # The row's `wake_at` before this claim (when it came due, or its old lease ran out): the
+    # worker's low-water mark for its next claim is derived from it (see `_claimmark`).
+    due_at: datetime | None = None
 
 
 @attrs.frozen
@@ -153,12 +158,28 @@ class Change:
     # Clear the row's in-doubt mark (reconciled, or retried by an operator). A new state always
     # clears it.
     clear_in_doubt: bool = False
+    # The workflow ends (done or cancelled) with events still pending: mark them rejected, with
+    # why, so that none waits in the inbox for ever unseen (machines that accept events only).
+    close_inbox: bool = False
+    # A recorded poll: count it in `polls` (a new state resets the counter).
+    count_poll: bool = False
+    # This change finishes the workflow without carrying out a cancel request: one pending at
+    # commit (asked for while the handler ran) is recorded in the same transaction as history
+    # kind cancel_superseded (see `Change.cancel_superseded`).
+    supersede_cancel: bool = False
 
     @property
     def simple(self) -> bool:
         """True when the change is one row update plus its history row (the fast path)."""
         return not (self.consume_event or self.children or self.wake_parent
-                    or self.cancel_children)
+                    or self.cancel_children or self.close_inbox or self.supersede_cancel)
+
+    @property
+    def simple_but_cancel(self) -> bool:
+        """True when the change is simple but for recording a cancel request as superseded
+        (which only matters when one is pending at commit)."""
+        return not (self.consume_event or self.children or self.wake_parent
+                    or self.cancel_children or self.close_inbox)
 
     @property
     def finishes(self) -> bool:
@@ -180,7 +201,7 @@ class Change:
             from_state=row.state, to_state=to_state, data=data,
             status="done" if terminal else "ready", attempt=row.attempt,
             wake_after=None if terminal else 0.0, keep_lease=None if terminal else keep_lease,
-            error=error, worker=worker, started_at=started_at, clear_cancel=terminal)
+            error=error, worker=worker, started_at=started_at)
 
     @classmethod
     def finished(cls, row: ClaimedRow, *, worker: str, started_at: datetime) -> Change:
@@ -210,6 +231,18 @@ class Change:
             kind="rescheduled", from_state=row.state, to_state=row.state, data=row.data,
             status="ready", attempt=row.attempt, wake_after=after, new_state=False,
             uncount_attempt=True, error=error, worker=worker, started_at=started_at)
+
+    @classmethod
+    def polled(
+        cls, row: ClaimedRow, *, after: float, worker: str, started_at: datetime,
+    ) -> Change:
+        """A polling step's condition did not hold yet (``Poll(record=True)``): poll again after
+        `after` seconds, recorded in history; the next poll gets a fresh set of attempts."""
+        return cls(
+            workflow_id=row.id, version=row.version, lease_token=row.lease_token, kind="polled",
+            from_state=row.state, to_state=row.state, data=row.data, status="ready",
+            attempt=row.attempt, wake_after=after, new_state=False, reset_attempts=True,
+            count_poll=True, worker=worker, started_at=started_at)
 
     @classmethod
     def parked(
@@ -252,6 +285,22 @@ class Change:
             from_state=row.state, to_state=row.state, data=row.data, status="ready",
             attempt=row.attempt, wake_after=after, new_state=False, clear_in_doubt=True,
             cause=f"reconcile: {row.in_doubt}", worker=worker, started_at=started_at)
+
+    @classmethod
+    def cancel_superseded(
+        cls, finished: Change, version: int, reason: str, *, worker: str | None,
+    ) -> Change:
+        """Record that a cancel request (`reason`) arrived while the workflow was finishing:
+        `finished` was committed first (at `version`), so the cancel is not carried out."""
+        status = finished.status
+        then = " (cancel it again to end it)" if status == "failed" else ""
+        return cls(
+            workflow_id=finished.workflow_id, version=version, kind="cancel_superseded",
+            expect_status=(status,), from_state=finished.to_state, to_state=finished.to_state,
+            data=finished.data, status=status, attempt=finished.attempt, wake_after=None,
+            new_state=False, clear_cancel=True, worker=worker,
+            cause=f"cancel requested ({reason}) but superseded: the workflow finished first "
+                  f"({status}){then}")
 
     @classmethod
     def cancelled(

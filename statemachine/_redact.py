@@ -29,6 +29,7 @@ __all__ = [
     "RedactingFilter",
     "Redactor",
     "install_log_redaction",
+    "log_redactor",
     "redact",
 ]
 
@@ -180,6 +181,12 @@ def install_log_redaction(redactor: Redactor) -> RedactingFilter:
                 return record
 
             logging.setLogRecordFactory(factory)
+    return _FILTER
+
+
+def log_redactor() -> RedactingFilter:
+    """The filter that redacts the ``statemachine`` loggers' records (for formatters that print
+    a record's ``extra`` fields, which the filter does not see)."""
     return _FILTER
 
 

@@ -5,14 +5,24 @@ state, drives `decide` (answering its questions from the store), and carries out
 runs a handler (under its limit, inside a transaction if it is transactional), commits a change,
 or settles the workflow back to sleep. Every rule (what to run, what a result or an error does,
 when to park) is in `_decide`; the SQL is in `_store`.
+
+One turn is a generator (`Runner.turn`): it does the loading, deciding and committing itself and
+yields a `HandlerCall` where a handler's function must run, receiving what it returned (or having
+what it raised thrown in). Two thin drivers run it: `drive_sync` calls the function in place (the
+thread worker, the test harness), and the async worker (`_async_worker`) awaits an ``async def``
+handler on its event loop and runs everything else in threads. Nothing else differs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
+from typing import Any, Literal, TypeVar
 
 import attrs
 from sqlalchemy import Connection
@@ -24,6 +34,7 @@ from ._actions import (
     Commit,
     Outcome,
     Raised,
+    Repoll,
     Returned,
     RunErrorRoute,
     RunHandler,
@@ -32,16 +43,28 @@ from ._actions import (
     drive,
 )
 from ._answers import StoreAnswers, acquire
-from ._context import Services, child_starter, context_for
+from ._context import Context, Services, child_starter, context_for
 from ._definition import Machine, MachineSpec
+from ._group_commit import GroupCommit
+from ._observe import Observer, Observers, TransitionLog
 from ._records import Change, ChildCounts, ChildStart, ClaimedRow, Committed
 from ._serde import Codecs, StateCodec
 from ._store import Store
-from .errors import StateMachineError, StoreError
+from .errors import InvalidArgument, StateMachineError, StoreError
 
-__all__ = ["Loaded", "Runner"]
+__all__ = ["HandlerCall", "Hook", "HookPoint", "Loaded", "Runner", "Turn", "drive_sync",
+           "loaded_machines"]
 
 log = logging.getLogger("statemachine.worker")
+
+
+# Where `Runner.hook` is called: just before a handler function runs, and just after it returned
+# (its effects done, nothing committed yet; inside the transaction for a transactional handler).
+HookPoint = Literal["before_handler", "after_handler"]
+# `hook(point, row, run, ctx)`: the test harness's seam (`statemachine.testing`) for crashes and
+# injected failures. An Exception it raises is the handler's; a BaseException ends the attempt
+# as a crash of the worker would (nothing more is written for it).
+Hook = Callable[[HookPoint, ClaimedRow, RunHandler | RunErrorRoute, Context], None]
 
 
 @attrs.frozen
@@ -51,6 +74,57 @@ class Loaded:
     machine: Machine
     spec: MachineSpec
     codec: StateCodec
+
+
+def loaded_machines(machines: Iterable[Machine | type[Machine]], who: str) -> dict[str, Loaded]:
+    """The machines a worker (or a harness: `who`) runs, by name: each instantiated if given
+    as a class. `InvalidArgument` when there are none."""
+    found: dict[str, Loaded] = {}
+    for m in machines:
+        instance = m() if isinstance(m, type) else m
+        spec = type(instance).spec
+        found[spec.name] = Loaded(instance, spec, StateCodec(spec))
+    if not found:
+        raise InvalidArgument(f"{who} needs at least one machine")
+    return found
+
+
+@attrs.frozen
+class HandlerCall:
+    """What a turn yields to its driver: call ``fn(*args)`` (an ``async def`` handler when
+    `is_async`) and send back what it returned, or throw in what it raised."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    is_async: bool
+
+    def run_sync(self) -> object:
+        """Call it here; an ``async def`` handler runs to its end on a loop of its own."""
+        result = self.fn(*self.args)
+        if inspect.iscoroutine(result):
+            return asyncio.run(result)
+        return result
+
+
+_T = TypeVar("_T")
+# One turn of one row (see `Runner.turn`): yields handler calls, returns the row to continue with.
+Turn = Generator[HandlerCall, object, ClaimedRow | None]
+
+
+def drive_sync(turn: Generator[HandlerCall, object, _T]) -> _T:
+    """Run a turn (or part of one) in this thread, calling each handler in place."""
+    try:
+        call = next(turn)
+        while True:
+            try:
+                value = call.run_sync()
+            except BaseException as e:  # thrown in: the turn reacts as to its handler's error
+                call = turn.throw(e)
+            else:
+                call = turn.send(value)
+    except StopIteration as stop:
+        result: _T = stop.value
+        return result
 
 
 @attrs.frozen
@@ -77,14 +151,25 @@ class Runner:
         self, store: Store, machines: dict[str, Loaded], *, worker: str, lease: float,
         sticky: Callable[[], bool], extend_lease: Callable[[ClaimedRow, float], None],
         on_change: Callable[[Change, int], None] | None = None,
+        observer: Observer | None = None, group_commit: bool = False,
     ) -> None:
         self.store = store
+        # With `group_commit`, commits ready in several threads at once go together.
+        self.group = GroupCommit(
+            lambda c, retry_for: store.sql.commit(c, retry_for=retry_for),
+            lambda cs, retry_for: store.sql.commit_group(cs, retry_for=retry_for),
+        ) if group_commit else None
+        # Told of every handler and commit (logs, metrics, spans): see `_observe`.
+        self.observer: Observer = observer or Observers([TransitionLog()])
+        self._turns = threading.local()  # when this thread's current row's turn began
         self.machines = machines
         self.worker = worker
         self.lease = lease
         self._sticky = sticky
         self._extend_lease = extend_lease
         self.on_change = on_change
+        # None in a worker; the test harness sets it (see `Hook`).
+        self.hook: Hook | None = None
         # Shared by the handler threads (written by each, read by the worker's shutdown): every
         # access to the two below goes through `_lock`.
         self._lock = threading.Lock()
@@ -116,6 +201,11 @@ class Runner:
 
     def step(self, row: ClaimedRow) -> ClaimedRow | None:
         """Decide about `row` and carry it out; returns the row to continue with, or None."""
+        return drive_sync(self.turn(row))
+
+    def turn(self, row: ClaimedRow) -> Turn:
+        """`step` as a generator, for a driver that runs handlers itself (see `HandlerCall`)."""
+        self._turns.began = time.monotonic()
         loaded = self.machines[row.machine]
         state: object | None = None
         load_error: str | None = None
@@ -133,21 +223,27 @@ class Runner:
                     return self._write(action)
                 case Settle():
                     return self._settle(action)
+                case Repoll():
+                    if not self.store.sql.poll_again(action.row, action.after):
+                        log.warning("workflow %s: lease lost or row changed at version %d; "
+                                    "poll of %s discarded", row.id, row.version, row.state)
+                    return None
                 case Stop():
                     log.warning("workflow %s: %s", row.id, action.reason)
                     return None
                 case RunHandler():
-                    after = self._invoke(turn, action)
+                    after = yield from self._invoke(turn, action)
                     if after is None or isinstance(after, ClaimedRow):
                         return after  # deferred by a limit, or committed in its transaction
                     action = after
                 case RunErrorRoute():
-                    action = self._run_error_route(turn, action)
+                    action = yield from self._run_error_route(turn, action)
         return None
 
     # -- running handlers --------------------------------------------------------------------
 
-    def _invoke(self, turn: _Turn, run: RunHandler) -> Action | ClaimedRow | None:
+    def _invoke(self, turn: _Turn,
+                run: RunHandler) -> Generator[HandlerCall, object, Action | ClaimedRow | None]:
         """Run the handler under its limit: the next action; or, when a transactional handler
         committed, the row to continue with; None when deferred by the limit."""
         held: tuple[str, int | None] | None = None
@@ -161,18 +257,19 @@ class Runner:
         try:
             if run.handler.transactional:
                 return self._run_transactional(turn, run)
-            return rules.after_handler(turn.attempt, run, self._call(turn, run),
-                                       sticky=self._sticky())
+            outcome = yield from self._call(turn, run)
+            return rules.after_handler(turn.attempt, run, outcome, sticky=self._sticky())
         finally:
             if held is not None and held[1] is not None:
                 self.store.sql.release_slot(held[0], held[1], run.row.id)
 
-    def _run_error_route(self, turn: _Turn, run: RunErrorRoute) -> Action:
-        return rules.after_error_route(turn.attempt, run, self._call(turn, run),
-                                       sticky=self._sticky())
+    def _run_error_route(self, turn: _Turn,
+                         run: RunErrorRoute) -> Generator[HandlerCall, object, Action]:
+        outcome = yield from self._call(turn, run)
+        return rules.after_error_route(turn.attempt, run, outcome, sticky=self._sticky())
 
     def _call(self, turn: _Turn, run: RunHandler | RunErrorRoute,
-              connection: Connection | None = None) -> Outcome:
+              connection: Connection | None = None) -> Generator[HandlerCall, object, Outcome]:
         """Call a handler with its context; what it returned (and the children it started), or
         what it raised."""
         row, children = run.row, list[ChildStart]()
@@ -186,12 +283,27 @@ class Runner:
         if at_most_once:
             with self._lock:
                 self._unreleasable.add(row.id)
+        name = run.handler.error_route.name if isinstance(run, RunErrorRoute) and \
+            run.handler.error_route is not None else run.handler.name
+        self.observer.handler_started(row, name)
+        began, raised = time.monotonic(), None
+        hook = self.hook
         try:
-            return Returned(fn(turn.loaded.machine, turn.attempt.state, *args, ctx),
-                            tuple(children))
+            if hook is not None:
+                hook("before_handler", row, run, ctx)
+            began_turn = getattr(self._turns, "began", None)
+            result = yield HandlerCall(fn, (turn.loaded.machine, turn.attempt.state, *args, ctx),
+                                       inspect.iscoroutinefunction(fn))
+            # An async driver resumes the turn in whichever of its threads is free.
+            self._turns.began = began_turn
+            if hook is not None:
+                hook("after_handler", row, run, ctx)
+            return Returned(result, tuple(children))
         except Exception as e:
+            raised = e
             return Raised(e)
         finally:
+            self.observer.handler_finished(row, name, time.monotonic() - began, raised)
             if at_most_once:
                 with self._lock:
                     self._unreleasable.discard(row.id)
@@ -201,7 +313,7 @@ class Runner:
         ``ctx.connection`` and the state change commit together, or neither does."""
 
         def attempt(conn: Connection) -> tuple[Commit, Committed]:
-            outcome = self._call(turn, run, conn)
+            outcome = drive_sync(self._call(turn, run, conn))
             if isinstance(outcome, Raised):
                 raise outcome.error  # rolls back; handled below like any handler's error
             action = rules.after_handler(turn.attempt, run, outcome, sticky=self._sticky())
@@ -228,7 +340,12 @@ class Runner:
 
     def _write(self, commit: Commit) -> ClaimedRow | None:
         try:
-            done = self.store.sql.commit(commit.change, retry_for=self.lease / 2)
+            # As long as the lease: the heartbeat keeps renewing it while this thread retries, and
+            # giving up means running the handler again once it has expired.
+            if self.group is not None:
+                done = self.group.commit(commit.change, retry_for=self.lease)
+            else:
+                done = self.store.sql.commit(commit.change, retry_for=self.lease)
         except StoreError as e:
             instead = rules.after_refusal(commit, e)
             if instead is None:
@@ -246,6 +363,9 @@ class Runner:
             self._transitions += 1
         if commit.change.finishes:
             self.store.sql.finished(commit.change.workflow_id)
+        began = getattr(self._turns, "began", None)
+        self.observer.committed(commit.row, commit.change, done.version,
+                                0.0 if began is None else time.monotonic() - began)
         if self.on_change is not None:
             self.on_change(commit.change, done.version)
         return rules.continue_with(commit.row, commit.change, done)
@@ -265,6 +385,9 @@ class Runner:
             counts = ChildCounts(*sql.child_counts(conn, row.id))
             return rules.children_ready(children.wait_for, counts)
 
+        # Contention retried as long as the lease, as a commit's: giving up would leave the row
+        # held (nothing runs it) until the lease expires.
         settled = sql.settle_waiting(row, deadline=settle.deadline, accepts=list(settle.accepts),
-                                     children_ready=news_from_children if children else None)
+                                     children_ready=news_from_children if children else None,
+                                     retry_for=self.lease)
         return row if settled is False else None

@@ -26,15 +26,17 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
+from ._claimmark import ClaimMark
 from ._clock import Clock
 from ._definition import Machine
 from ._health import Backoff, Reachability, Trouble, WorkerHealth, is_unreachable, one_line
-from ._runner import Loaded, Runner
+from ._observe import Observer, Observers, TransitionLog
+from ._retention import purge
+from ._runner import Loaded, Runner, loaded_machines
 from ._schedules import Schedule, run_schedule
-from ._serde import StateCodec
 from ._store import Change, ClaimedRow, Store
 from ._store._audit import unclaimable
 from .errors import DatabaseUnavailable, InvalidArgument, InvalidOperation, LeaseLost
@@ -64,6 +66,13 @@ class Worker:
         max_backoff: float = 10.0,
         exit_if_unreachable: float | None = None,
         audit_interval: float = 300.0,
+        full_sweep_interval: float = 10.0,
+        claim_margin: float = 5.0,
+        observers: Iterable[Observer] = (),
+        purge_older_than: timedelta | None = None,
+        purge_interval: float = 60.0,
+        purge_batch_size: int = 100,
+        group_commit: bool = False,
     ) -> None:
         """`concurrency`: handlers run at once (threads). `lease`: seconds a claimed workflow is
         held before another worker may take it over (renewed while the handler runs).
@@ -78,15 +87,26 @@ class Worker:
         alert); by default the worker waits for ever.
         `audit_interval`: how often (seconds) the worker looks for rows of its machines that can
         never be claimed (unknown status, ready without wake_at) and logs them: two queries over
-        the rows of its machines (by the machine/status index), hence not every poll."""
+        the rows of its machines (by the machine/status index), hence not every poll.
+        `full_sweep_interval`, `claim_margin`: claims read the due index from a low-water mark
+        (the due time of the latest rows claimed, less `claim_margin` seconds) instead of from
+        its start, so they do not slow down as dead index entries pile up; every
+        `full_sweep_interval` seconds one claim reads the whole range, which takes rows made due
+        with an older time (a row forced by hand with an old `wake_at`, a timer set in the
+        past): those wait at most that long (see `statemachine._claimmark`).
+        `observers` are told of every claim, handler and commit (`Metrics`, `Tracing`, your
+        own); the transition log (one INFO line per commit) is always one of them.
+        `purge_older_than`: also purge, every `purge_interval` seconds, finished workflows
+        older than this, with their children, history and events (as `statemachine purge`,
+        `purge_batch_size` top-level workflows per transaction; see `_retention`). Default:
+        never (on CockroachDB, row-level TTL does it).
+        `group_commit`: the commits of handler threads that are ready at the same time go to
+        the database together, one statement (one transaction on SQLite) for all of them, each
+        row still fenced by its own version and lease token (a lost one is discarded alone);
+        a lone commit goes at once, as without it. Transactional steps, and changes that
+        consume an event or start children, keep their own transaction."""
         self.store = store
-        self.machines: dict[str, Loaded] = {}
-        for m in machines:
-            instance = m() if isinstance(m, type) else m
-            spec = type(instance).spec
-            self.machines[spec.name] = Loaded(instance, spec, StateCodec(spec))
-        if not self.machines:
-            raise InvalidArgument("a worker needs at least one machine")
+        self.machines: dict[str, Loaded] = loaded_machines(machines, "a worker")
         self.concurrency = concurrency
         self.lease = lease
         self.poll_interval = poll_interval
@@ -96,7 +116,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.clock: Clock = store.clock
         self._executor: ThreadPoolExecutor | None = None
-        self._inflight: dict[uuid.UUID, tuple[str, float]] = {}  # id -> (lease token, lease secs)
+        # id -> (lease token, lease seconds, monotonic time the lease was last granted)
+        self._inflight: dict[uuid.UUID, tuple[str, float, float]] = {}
         self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -109,6 +130,16 @@ class Worker:
         self._loops: dict[str, Callable[[], None]] = {
             "sm-claimer": self._claim_loop, "sm-heartbeat": self._heartbeat,
             "sm-sweeper": self._sweep_loop}
+        if purge_older_than is not None:
+            if purge_older_than < timedelta(0) or purge_interval <= 0 or purge_batch_size <= 0:
+                raise InvalidArgument(
+                    f"purge_older_than must not be negative, purge_interval and "
+                    f"purge_batch_size must be positive, not {purge_older_than}, "
+                    f"{purge_interval!r} and {purge_batch_size!r}")
+            self._loops["sm-purger"] = self._purge_loop
+        self.purge_older_than = purge_older_than
+        self.purge_interval = purge_interval
+        self.purge_batch_size = purge_batch_size
         # Supervision state: written by `_supervise` (under `_supervise_lock`: `run()`'s thread
         # and any caller of `health()`), and `_deaths`/`_last_death` by a dying thread, once.
         self._supervise_lock = threading.Lock()
@@ -119,6 +150,8 @@ class Worker:
         self.max_backoff = max_backoff
         self.exit_if_unreachable = exit_if_unreachable
         self.audit_interval = audit_interval
+        self.claim_mark = ClaimMark(margin=claim_margin, sweep_interval=full_sweep_interval,
+                                    database_now=store.current_time)
         self.reachability = Reachability(self.name, log)
         self._troubles = {name: self._trouble(name.removeprefix("sm-"))
                           for name in (*self._loops, "sm-handler")}
@@ -126,8 +159,10 @@ class Worker:
         self._last_claim_at: datetime | None = None
         self.schedules = list(schedules)
         self._names = list(self.machines)
+        self.observer = Observers([TransitionLog(), *observers])
         self.runner = Runner(
             store, self.machines, worker=self.name, lease=lease, on_change=on_change,
+            observer=self.observer, group_commit=group_commit,
             sticky=lambda: self.sticky and not self._stopping.is_set(),
             extend_lease=self._extend_lease)
 
@@ -145,7 +180,7 @@ class Worker:
         self.store.sql.subscribe(self.wake)
         subscribe = getattr(self.clock, "subscribe", None)
         if subscribe is not None:
-            subscribe(self.wake)  # a test's FakeClock: claim as soon as time moves
+            subscribe(self._clock_moved)  # a test's FakeClock: claim as soon as time moves
         # Under the supervisor's lock: a `health()` call from another thread must not take a
         # thread that is registered but not started yet for one that died.
         with self._supervise_lock:
@@ -239,7 +274,7 @@ class Worker:
         self.store.sql.unsubscribe(self.wake)
         unsubscribe = getattr(self.clock, "unsubscribe", None)
         if unsubscribe is not None:
-            unsubscribe(self.wake)
+            unsubscribe(self._clock_moved)
         deadline = time.monotonic() + grace
         claimer = self._threads.get("sm-claimer")
         if claimer is not None:
@@ -292,6 +327,11 @@ class Worker:
         """Claim now instead of at the next poll (called when work was started in-process)."""
         self._wake.set()
 
+    def _clock_moved(self) -> None:
+        """A test clock jumped: rows may have come due below the claim mark; sweep at once."""
+        self.claim_mark.sweep_soon()
+        self._wake.set()
+
     def __enter__(self) -> Worker:
         self.start()
         return self
@@ -302,7 +342,6 @@ class Worker:
     # -- claiming ----------------------------------------------------------------------------
 
     def _claim_loop(self) -> None:
-        names = self._names
         idle_wait = self.min_poll_interval
         trouble = self._troubles["sm-claimer"]
         while not self._stopping.is_set():
@@ -313,8 +352,7 @@ class Worker:
                 self._slot_free.clear()
                 continue
             try:
-                rows = self.store.sql.claim(owner=self.name, machines=names, limit=free,
-                                            lease=self.lease)
+                rows = self._claim(free)
                 self._last_claim_at = datetime.now(UTC)
                 for row in rows:
                     self._submit(row)
@@ -331,6 +369,16 @@ class Worker:
             else:
                 idle_wait = self.min_poll_interval
             self._wake.clear()
+
+    def _claim(self, limit: int) -> list[ClaimedRow]:
+        """One claim from the low-water mark (or a full sweep, when one is due)."""
+        ticket, before = self.claim_mark.next()
+        began = time.monotonic()
+        rows = self.store.sql.claim(owner=self.name, machines=self._names, limit=limit,
+                                    lease=self.lease, since=ticket.since)
+        self.observer.claimed(self._names, len(rows), time.monotonic() - began)
+        self.claim_mark.claimed(ticket, rows, before)
+        return rows
 
     def _sweep_loop(self) -> None:
         """Every poll interval: notice events inserted by SQL and start due scheduled workflows;
@@ -364,10 +412,29 @@ class Worker:
             trouble.ok()
             wait = self.poll_interval
 
+    def _purge_loop(self) -> None:
+        """Every `purge_interval`: purge what is older than `purge_older_than`, a batch at a
+        time, stopping between batches when the worker stops."""
+        trouble = self._troubles["sm-purger"]
+        assert self.purge_older_than is not None
+        wait = 0.0
+        while not self._stopping.wait(wait):
+            try:
+                totals = purge(self.store, self.purge_older_than,
+                               batch_size=self.purge_batch_size, pause=0.05,
+                               stop=self._stopping.is_set)
+                if totals.workflows:
+                    log.info("worker %s: %s", self.name, totals.describe())
+            except Exception as e:
+                wait = trouble.failed(e)
+                continue
+            trouble.ok()
+            wait = self.purge_interval
+
     def _submit(self, row: ClaimedRow) -> None:
         assert self._executor is not None
         with self._lock:
-            self._inflight[row.id] = (row.lease_token, self.lease)
+            self._inflight[row.id] = (row.lease_token, self.lease, time.monotonic())
             future = self._executor.submit(self._run_safely, row)
             self._futures.add(future)
         future.add_done_callback(self._done)
@@ -400,20 +467,32 @@ class Worker:
             wait = interval
 
     def _renew(self) -> bool:
-        """Renew the lease of every workflow held, and the rate-limit slots they hold; False
-        when nothing was held (no database call)."""
+        """Renew the leases that need it, and the rate-limit slots their workflows hold; False
+        when nothing needed it (no database call).
+
+        A lease is renewed only once a sixth of it has passed since it was granted or last
+        renewed (half the heartbeat's interval, so it is renewed by the time half of it is gone):
+        a running row's `wake_at` is its lease expiry, the key of the due index, and rewriting it
+        leaves a dead index entry behind, so handlers that finish within a sixth of their lease
+        (most) never have theirs rewritten."""
+        now = time.monotonic()
         with self._lock:
-            held = dict(self._inflight)
+            held = {wid: v for wid, v in self._inflight.items()
+                    if now - v[2] >= v[1] / 6}
         if not held:
             return False
         by_token: dict[tuple[str, float], list[uuid.UUID]] = {}
-        for wid, key in held.items():
-            by_token.setdefault(key, []).append(wid)
+        for wid, (token, lease, _) in held.items():
+            by_token.setdefault((token, lease), []).append(wid)
         for (token, lease), ids in by_token.items():
             kept = self.store.sql.renew_leases(ids, token, lease)
             with self._lock:  # rows that finished since the snapshot are not lost
                 lost = [i for i in set(ids) - kept
                         if self._inflight.get(i, ("",))[0] == token]
+                for i in kept:
+                    entry = self._inflight.get(i)
+                    if entry is not None and entry[0] == token:
+                        self._inflight[i] = (entry[0], entry[1], now)
             for wid in lost:
                 log.warning("worker %s: lost the lease of workflow %s", self.name, wid)
         self.store.sql.renew_slots(list(held), self.lease)
@@ -425,7 +504,7 @@ class Worker:
                     if k not in self.runner.unreleasable}
             self._inflight.clear()
         by_token: dict[str, list[uuid.UUID]] = {}
-        for wid, (token, _) in held.items():
+        for wid, (token, _, _) in held.items():
             by_token.setdefault(token, []).append(wid)
         for token, ids in by_token.items():
             try:
@@ -463,8 +542,7 @@ class Worker:
         if not self.sticky or self._stopping.is_set():
             return None
         try:
-            rows = self.store.sql.claim(owner=self.name, machines=self._names, limit=1,
-                                        lease=self.lease)
+            rows = self._claim(1)
         except Exception as e:
             # The claimer thread, with its backoff, is the one that retries.
             if is_unreachable(e):
@@ -477,12 +555,12 @@ class Worker:
         if not rows:
             return None
         with self._lock:
-            self._inflight[rows[0].id] = (rows[0].lease_token, self.lease)
+            self._inflight[rows[0].id] = (rows[0].lease_token, self.lease, time.monotonic())
         return rows[0]
 
     def _extend_lease(self, row: ClaimedRow, seconds: float) -> None:
         with self._lock:
-            self._inflight[row.id] = (row.lease_token, max(seconds, self.lease))
+            self._inflight[row.id] = (row.lease_token, max(seconds, self.lease), time.monotonic())
         if row.id not in self.store.sql.renew_leases([row.id], row.lease_token, seconds):
             raise LeaseLost(
                 f"workflow {row.id}: the lease on version {row.version} ({row.state}) was lost "

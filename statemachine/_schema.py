@@ -38,6 +38,7 @@ from .errors import InvalidArgument
 __all__ = [
     "ACTIVE_STATUSES",
     "FINISHED_STATUSES",
+    "PURGEABLE_STATUSES",
     "STATUSES",
     "events",
     "history",
@@ -52,6 +53,8 @@ __all__ = [
 STATUSES = ("ready", "running", "waiting", "done", "failed", "cancelled")
 ACTIVE_STATUSES = ("ready", "running", "waiting")
 FINISHED_STATUSES = ("done", "failed", "cancelled")
+# Finished for good: what retention purges (a parked `failed` workflow waits for a person).
+PURGEABLE_STATUSES = ("done", "cancelled")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -130,6 +133,13 @@ workflows = Table(
     Column("cancel_requested", Text, nullable=True),
     # Set when an at-most-once handler's attempt started and never finished (see at_most_once).
     Column("in_doubt", Text, nullable=True),
+    # Polls of a polling step in the current state (`Poll`): a poll that writes no history row
+    # moves only this, `wake_at` and `updated_at`. Reset when a new state is entered.
+    Column("polls", Integer, nullable=False, server_default=text("0")),
+    # When the workflow finished (done or cancelled; NULL while it can still run, and while it is
+    # parked for a person): retention counts from here (`statemachine purge`, row-level TTL on
+    # CockroachDB).
+    Column("purge_after", UTCDateTime, nullable=True),
 )
 
 # Only rows that can come due are indexed (finished rows have wake_at NULL), so the claim query's
@@ -141,6 +151,11 @@ Index("sm_workflows_key", workflows.c.machine, workflows.c.key, unique=True,
 Index("sm_workflows_parent", workflows.c.parent_id, sqlite_where=text("parent_id IS NOT NULL"),
       postgresql_where=text("parent_id IS NOT NULL"))
 Index("sm_workflows_machine_status", workflows.c.machine, workflows.c.status)
+# What the reaper scans for finished workflows past their retention (on CockroachDB hash-sharded,
+# and row-level TTL deletes them: see migrations/cockroachdb/0005_retention.sql).
+Index("sm_workflows_purge", workflows.c.purge_after,
+      sqlite_where=text("purge_after IS NOT NULL"),
+      postgresql_where=text("purge_after IS NOT NULL"))
 
 history = Table(
     "sm_history",
@@ -178,11 +193,19 @@ events = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("consumed_at", UTCDateTime, nullable=True),
     Column("consumed_version", BigInteger, nullable=True),
+    # The event's number in its workflow's inbox (1, 2, ...), given by the statement that records
+    # it: events are consumed in this order, whatever the clocks of the nodes that took them.
+    # NULL for rows recorded before version 0006, and for a row inserted by plain SQL until a
+    # worker notices it (unnumbered rows are read first, by time).
+    Column("seq", BigInteger, nullable=True),
 )
+Index("sm_events_seq", events.c.workflow_id, events.c.seq, unique=True)
 Index("sm_events_pending", events.c.workflow_id, events.c.created_at,
       sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'"))
 Index("sm_events_unnoticed", events.c.created_at,
       sqlite_where=text("noticed = 0"), postgresql_where=text("noticed = false"))
+# A workflow's events whatever their status: the reaper deletes them with their workflow.
+Index("sm_events_workflow", events.c.workflow_id)
 
 schedules = Table(
     "sm_schedules",

@@ -12,7 +12,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
-from ._declarations import Declaration, RetryPolicy
+from ._declarations import Declaration, Poll, RetryPolicy
 from ._limits import Limit
 
 __all__ = ["Handler", "HandlerKind", "MachineSpec", "Route"]
@@ -48,9 +48,11 @@ class Handler(Generic[F]):
     limit: Limit | None = None
     transactional: bool = False
     at_most_once: bool = False
+    # A polling step (it returns `poll_again()` until its condition holds).
+    poll: Poll | None = None
     error_route: Route | None = None
     reconcile_route: Route | None = None
-    # on_event: the event class handled.
+    # on_event: the event class handled (in every state of `sources`).
     event: type | None = None
     # on_timeout: a delay from entering the state, or a function of the state giving the time.
     timeout_after: float | None = None
@@ -92,10 +94,10 @@ class MachineSpec:
     aliases: dict[str, type] = attrs.Factory(dict)
 
     def handlers(self) -> list[Handler[Any]]:
-        """Every handler of the machine."""
+        """Every handler of the machine, once each (an event handler of several states too)."""
         out = list(self.steps.values())
         for by_event in self.events.values():
-            out.extend(by_event.values())
+            out.extend(h for h in by_event.values() if not any(h is o for o in out))
         out.extend(self.timeouts.values())
         out.extend(self.children.values())
         if self.cancel is not None:
@@ -121,8 +123,14 @@ class MachineSpec:
         return cls in self.terminal
 
     def is_waiting(self, cls: type) -> bool:
-        """Whether `cls` is a waiting state (events, a timeout or children move it on)."""
-        return cls in self.events or cls in self.timeouts or cls in self.children
+        """Whether `cls` is a waiting state (events, a timeout or children move it on, not a
+        step; a step state may accept events too, see `interrupts`)."""
+        return cls not in self.steps and (
+            cls in self.events or cls in self.timeouts or cls in self.children)
+
+    def interrupts(self, cls: type) -> dict[type, Handler[Any]]:
+        """The events that a step state `cls` accepts before its step starts (by event class)."""
+        return self.events.get(cls, {}) if cls in self.steps else {}
 
     def cancel_applies(self, cls: type) -> bool:
         """Whether the machine's cancel route handles a workflow in state `cls`."""

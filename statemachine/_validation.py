@@ -25,6 +25,7 @@ from ._declarations import (
     Declaration,
     Delayed,
     EventDeclaration,
+    PollAgain,
     Rerun,
     RouteDeclaration,
     StepDeclaration,
@@ -111,13 +112,19 @@ def _resolve(
     """The `Handler` of this machine for one declaration, its routes attached."""
     kind = decl.kind
     sources, targets, event = _signature(where, decl.fn, localns, kind, name,
-                                         any_source=kind == "cancel", event=kind == "event")
+                                         any_source=kind in ("cancel", "event"),
+                                         event=kind == "event")
+    if kind == "event" and object in sources:
+        raise where.error(f"event handler {name!r} handles `object`; name the states that "
+                          "accept the event (a union: A | B | C)")
     common: dict[str, Any] = dict(kind=kind, name=name, fn=decl.fn, sources=sources,
                                   targets=targets, retry=decl.retry, declaration=decl)
     if isinstance(decl, StepDeclaration):
+        _check_poll(where, decl, name, sources[0], localns)
+        _check_transactional_sync(where, decl, name)
         return Handler(
             **common, limit=decl.limit, transactional=decl.transactional,
-            at_most_once=decl.at_most_once,
+            at_most_once=decl.at_most_once, poll=decl.poll,
             error_route=_route_of(where, decl, name, sources[0], "error", routes, localns),
             reconcile_route=_route_of(where, decl, name, sources[0], "reconcile", routes,
                                       localns))
@@ -156,30 +163,29 @@ def _index(where: _Where, handlers: list[AnyHandler]) -> tuple[
     timeouts: dict[type, AnyHandler] = {}
     children: dict[type, AnyHandler] = {}
     cancel: AnyHandler | None = None
-    first: dict[type, AnyHandler] = {}  # the state's first handler, for messages
     for h in handlers:
         if h.kind == "cancel":
             _check_one_cancel_route(where, cancel, h)
             cancel = h
             continue
-        source = h.source
-        if h.kind == "step":
-            _check_no_clash(where, source, first.get(source), h)
-            steps[source] = h
-        else:
-            _check_no_clash(where, source, steps.get(source), h)
-            if h.kind == "event":
+        # An event handler may name several states (a union); the others name one. A step
+        # state may accept events too (they are handled before its step starts).
+        for source in h.sources:
+            if h.kind == "step":
+                _check_no_clash(where, source, steps.get(source) or timeouts.get(source)
+                                or children.get(source), h)
+                steps[source] = h
+            elif h.kind == "event":
                 assert h.event is not None
                 by_event = events.setdefault(source, {})
                 _check_no_clash(where, source, by_event.get(h.event), h)
                 by_event[h.event] = h
             elif h.kind == "timeout":
-                _check_no_clash(where, source, timeouts.get(source), h)
+                _check_no_clash(where, source, steps.get(source) or timeouts.get(source), h)
                 timeouts[source] = h
             else:
-                _check_no_clash(where, source, children.get(source), h)
+                _check_no_clash(where, source, steps.get(source) or children.get(source), h)
                 children[source] = h
-        first.setdefault(source, h)
     return steps, events, timeouts, children, cancel
 
 
@@ -359,7 +365,9 @@ def _signature(
     *, any_source: bool = False, event: bool = False,
 ) -> tuple[tuple[type, ...], tuple[type, ...], type | None]:
     """(states handled, states returned, event class) from a handler's annotations: its first
-    parameter after self names the state (a union for a cancel route), the second the event."""
+    parameter after self names the state (a union for a cancel route or an event handler), the
+    second the event."""
+    _check_not_async_generator(where, fn, kind, name)
     try:
         hints = typing.get_type_hints(fn, localns=localns)
     except NameError as e:
@@ -379,10 +387,43 @@ def _signature(
         raise where.error(f"{kind} {name!r} has no return annotation; declare the states it may "
                           "return (-> NextState | OtherState)")
     targets = tuple(_unwrap_delayed(t) for t in _union_members(hints["return"])
-                    if t is not Rerun or kind != "reconcile")
+                    if not (t is Rerun and kind == "reconcile")
+                    and not (t is PollAgain and kind == "step"))
     for t in targets:
         _check_state_class(where, t, f"{kind} {name!r} returns")
     return sources, targets, event_cls
+
+
+def _check_poll(where: _Where, decl: StepDeclaration[Any], name: str, source: type,
+                localns: dict[str, Any]) -> None:
+    """A step returns `PollAgain` exactly when it is declared with ``poll=Poll(...)``."""
+    returns = _union_members(typing.get_type_hints(decl.fn, localns=localns).get("return"))
+    if decl.poll is not None and PollAgain not in returns:
+        raise where.error(f"step {name!r} polls (poll=Poll(...)) but its return annotation "
+                          "does not include PollAgain (-> Next | PollAgain)", source)
+    if decl.poll is None and PollAgain in returns:
+        raise where.error(f"step {name!r} may return PollAgain but has no poll=Poll(...) "
+                          "saying how often and until when", source)
+
+
+def _check_not_async_generator(where: _Where, fn: Callable[..., Any], kind: str,
+                               name: str) -> None:
+    """A handler is a function or an ``async def`` coroutine function (either driver runs
+    both); an async generator returns no state, so it is refused here, not parked at run time."""
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        raise where.error(
+            f"{kind} {name!r} is a generator (it uses `yield`), and a handler returns the next "
+            "state: write it as `def` or `async def` returning a state")
+
+
+def _check_transactional_sync(where: _Where, decl: StepDeclaration[Any], name: str) -> None:
+    """``ctx.connection`` is a sync connection held in a thread; an ``async def`` handler would
+    block the event loop on it, so a transactional step must be a plain ``def``."""
+    if decl.transactional and inspect.iscoroutinefunction(decl.fn):
+        raise where.error(
+            f"step {name!r} is transactional and declared `async def`: its transaction "
+            "(ctx.connection) is a sync connection, so write it as `def` (the async worker runs "
+            "it in its thread pool), or drop transactional=True")
 
 
 def _check_event_param(where: _Where, name: str, params: list[inspect.Parameter],

@@ -1,5 +1,9 @@
-"""Test backends: every test that takes `store` (or `db_url`) runs on SQLite, on PostgreSQL, and on
-PostgreSQL at SERIALIZABLE (as CockroachDB runs). Each test gets a fresh SQLite file or a fresh
+"""Test backends: every test that takes `store` (or `db_url`) runs on SQLite, on PostgreSQL, on
+PostgreSQL at SERIALIZABLE (as CockroachDB runs), and through the CockroachDB dialect
+(``cockroachdb+psycopg://``, psycopg's `CrdbConnection`, our CockroachDB-gated code) against the
+same PostgreSQL at SERIALIZABLE (`crdb-dialect`: no CockroachDB server can be installed here; a real
+cluster is tested by tests/integration/test_cockroach_cluster.py when
+``STATEMACHINE_TEST_COCKROACH_URL`` is set). Each test gets a fresh SQLite file or a fresh
 PostgreSQL schema inside a database made for this test session, so no run sees another's rows.
 
 PostgreSQL is found at ``STATEMACHINE_TEST_POSTGRES_URL`` (default: postgres@127.0.0.1:5432).
@@ -20,6 +24,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
 from statemachine import Store
+from tests import sqllint
 
 settings.register_profile("fast", max_examples=30, deadline=None)
 settings.register_profile("thorough", max_examples=300, deadline=None,
@@ -27,13 +32,33 @@ settings.register_profile("thorough", max_examples=300, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("thorough" if os.environ.get("CI")
                                                                else "fast"))
 
+# Every statement the library sends in this process is linted for CockroachDB (tests/sqllint.py).
+sqllint.install()
+
 PG_ADMIN_URL = os.environ.get("STATEMACHINE_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = bool(os.environ.get("CI"))
-BACKENDS = ["sqlite", "postgres", "postgres-serializable"]
+BACKENDS = ["sqlite", "postgres", "postgres-serializable", "crdb-dialect"]
+# The end-to-end tests (tests/acceptance: processes, the CLI, whole machines) run on three: at
+# that level postgres-serializable differs from crdb-dialect only by the dialect, which the
+# latter adds, so a fourth run would repeat the third. The engine's own tests run on all four.
+ACCEPTANCE_BACKENDS = ["sqlite", "postgres", "crdb-dialect"]
 # For tests of PostgreSQL-only mechanisms (PL/pgSQL fault injection):
 # @pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)
-POSTGRES_BACKENDS = ["postgres", "postgres-serializable"]
+POSTGRES_BACKENDS = ["postgres", "postgres-serializable", "crdb-dialect"]
+# The backends at SERIALIZABLE (CockroachDB's default, and what the crdb-dialect backend runs at).
+SERIALIZABLE_BACKENDS = ("postgres-serializable", "crdb-dialect")
+
+
+@pytest.fixture(autouse=True)
+def sql_lint() -> Iterator[None]:
+    """Fail the test during which the library sent SQL that CockroachDB cannot run (well)."""
+    sqllint.collected()  # (what threads left over from an earlier test sent is not this test's)
+    yield
+    found = sqllint.collected()
+    if found:
+        pytest.fail("the library sent SQL that CockroachDB cannot run (well); see "
+                    "tests/sqllint.py:\n" + "\n".join(dict.fromkeys(found)), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +86,10 @@ def pg_database() -> Iterator[URL]:
         engine.dispose()
 
 
-def _pg_schema_url(database: URL, serializable: bool) -> tuple[URL, str]:
+def _pg_schema_url(database: URL, serializable: bool, *,
+                   cockroach_dialect: bool = False) -> tuple[URL, str]:
+    """A fresh schema in `database` and the URL whose connections use it; `cockroach_dialect`:
+    the URL goes through the CockroachDB dialect (``cockroachdb+psycopg://``)."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     engine = create_engine(database, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
@@ -70,7 +98,16 @@ def _pg_schema_url(database: URL, serializable: bool) -> tuple[URL, str]:
     options = f"-csearch_path={schema}"
     if serializable:
         options += " -cdefault_transaction_isolation=serializable"
-    return database.update_query_dict({"options": options}), schema
+    url = database.update_query_dict({"options": options})
+    if cockroach_dialect:
+        url = url.set(drivername="cockroachdb+psycopg")
+    return url, schema
+
+
+def backend_schema_url(database: URL, backend: str) -> tuple[URL, str]:
+    """`_pg_schema_url` for one of the PostgreSQL-served backends."""
+    return _pg_schema_url(database, serializable=backend in SERIALIZABLE_BACKENDS,
+                          cockroach_dialect=backend == "crdb-dialect")
 
 
 def _drop_schema(database: URL, schema: str) -> None:
@@ -91,11 +128,12 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
     """A fresh, migrated database URL (usable from subprocesses too)."""
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'sm.db'}"
-        Store(url).migrate()
+        with Store(url) as store:
+            store.migrate()
         yield url
         return
     database = request.getfixturevalue("pg_database")
-    url, schema = _pg_schema_url(database, serializable=backend == "postgres-serializable")
+    url, schema = backend_schema_url(database, backend)
     store = Store(url.render_as_string(hide_password=False))
     store.migrate()
     store.dispose()
@@ -111,3 +149,38 @@ def store(db_url: str) -> Iterator[Store]:
     s = Store(db_url)
     yield s
     s.dispose()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The async variants of the engine tests (`handlers`) run on SQLite and PostgreSQL, not on
+    the two SERIALIZABLE backends: the async driver changes how a handler is called and
+    awaited, not one statement the engine sends, and the sync variants cover those statements
+    at SERIALIZABLE. Deselected (counted as such in the summary), not skipped."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("handlers") == "async" and params.get("backend") in SERIALIZABLE_BACKENDS:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(params=["sync", "async"])
+def handlers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which handlers the test's workers run: its machines as written on the thread `Worker`,
+    or the same machines with ``async def`` handlers on an `AsyncWorker` (see
+    `tests/async_handlers.py`): the module's `Worker` is swapped for the latter, and its
+    `APP_MODULE` (the module worker processes load machines from) for one of asyncified
+    machines. Use it with
+    ``pytestmark = pytest.mark.usefixtures("handlers")`` or as a test's argument."""
+    if request.param == "async":
+        from tests.async_handlers import AsyncHandlersWorker
+
+        if hasattr(request.module, "Worker"):
+            monkeypatch.setattr(request.module, "Worker", AsyncHandlersWorker)
+        if hasattr(request.module, "APP_MODULE"):  # worker processes: `--app MODULE:Machine`
+            monkeypatch.setattr(request.module, "APP_MODULE", "tests.async_machines")
+    return str(request.param)

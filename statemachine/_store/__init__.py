@@ -2,8 +2,9 @@
 
 One module, one concern: `_connections` (engines, the one retry loop, time as SQL), `_faults`
 (the classifier of driver errors), `_fast` (the psycopg fast path), `_decode` (rows written by
-hand), and the statement groups `_workflows` (start, claim, commit), `_waiting` (events,
-children, cancellation), `_limits` (rate limits and schedules), `_reads`; `_statements` composes
+hand), and the statement groups `_workflows` (start, claim, commit), `_grouped` (many commits in
+one statement), `_waiting` (events, children, cancellation), `_limits` (rate limits and
+schedules), `_reads`; `_statements` composes
 them into the object reached as ``store.sql``.
 
 The contract (see DESIGN.md section 3):
@@ -20,6 +21,7 @@ The contract (see DESIGN.md section 3):
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -78,6 +80,10 @@ class Store:
         self.is_sqlite: bool = self._db.is_sqlite
         self.clock: Clock = self._db.clock
         self.sql = Statements(self._db)
+        if not isinstance(url, Engine):
+            # A store dropped without `dispose()` closes its connections when it is collected,
+            # rather than leaving them to the garbage collector one by one (unclosed).
+            weakref.finalize(self, self._db.dispose).atexit = False
 
     @property
     def engines(self) -> tuple[Engine, ...]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from sqlalchemy import (
     Text,
     and_,
     cast,
+    exists,
     func,
     not_,
     or_,
@@ -38,8 +38,7 @@ if TYPE_CHECKING:
     from . import Store
 
 __all__ = ["Problem", "RawRow", "as_uuid", "problems", "raw_rows", "row_problems", "scan_raw",
-           "unclaimable",
-           "when"]
+           "unclaimable"]
 
 w = workflows
 # Integer columns SQLite would hold text in without complaint.
@@ -79,12 +78,18 @@ def _group(store: Store, kind: str, detail: ColumnElement[Any] | str,
 
 def unclaimable(store: Store, machines: Sequence[str] | None = None) -> list[Problem]:
     """Rows no worker will ever claim: a status that is not one of the six, or ``ready`` with no
-    ``wake_at``. Only of `machines`, when given (a worker reports its own)."""
+    ``wake_at`` that is not a child queued behind its live parent's ``max_running`` (the parent
+    lets it go when a sibling finishes). Only of `machines`, when given (a worker reports its
+    own)."""
     scope: ColumnElement[bool] = w.c.machine.in_(machines) if machines is not None else true()
+    parent = workflows.alias("parent")
+    queued_by_live_parent = exists().where(
+        parent.c.id == w.c.parent_id, parent.c.status.not_in(FINISHED_STATUSES))
     return [
         *_group(store, "unknown status", w.c.status, and_(scope, w.c.status.not_in(STATUSES))),
         *_group(store, "ready without wake_at", "",
-                and_(scope, w.c.status == "ready", w.c.wake_at.is_(None))),
+                and_(scope, w.c.status == "ready", w.c.wake_at.is_(None),
+                     not_(queued_by_live_parent))),
     ]
 
 
@@ -183,7 +188,8 @@ def _all(stmt: Any, conn: Connection) -> Sequence[Any]:
 def _raw(r: Any) -> RawRow:
     data, data_error = decode_value("data", r.data, json_text=True)
     found = row_problems(str(r.status), r.wake_at, {c: getattr(r, c) for c in
-                                                    ("version", "attempt")})
+                                                    ("version", "attempt")},
+                         child=r.parent_id is not None)
     if data_error is not None:
         found.append(data_error)
     elif not isinstance(data, dict):
@@ -196,12 +202,14 @@ def _raw(r: Any) -> RawRow:
         problems=tuple(found))
 
 
-def row_problems(status: str, wake_at: object, integers: dict[str, object]) -> list[str]:
-    """What stops a row with these values from being claimed or read."""
+def row_problems(status: str, wake_at: object, integers: dict[str, object], *,
+                 child: bool = False) -> list[str]:
+    """What stops a row with these values from being claimed or read. A `child` that is ready
+    without ``wake_at`` is queued behind its parent's ``max_running``: not a problem here."""
     found = []
     if status not in STATUSES:
         found.append(f"unknown status {status!r} (not one of {', '.join(STATUSES)})")
-    elif status == "ready" and wake_at is None:
+    elif status == "ready" and wake_at is None and not child:
         found.append("ready without wake_at: no worker will claim it")
     for name, value in integers.items():
         _, error = decode_value(name, value, integer=True)
@@ -222,18 +230,6 @@ def _json_kind(value: object) -> str:
     if isinstance(value, list):
         return "array"
     return type(value).__name__
-
-
-def when(value: object) -> str:
-    """A stored time for display: ``YYYY-MM-DD HH:MM:SS`` (UTC as stored), whatever the driver
-    returned."""
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC)
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)[:19]
 
 
 def as_uuid(value: str) -> uuid.UUID | None:

@@ -99,6 +99,8 @@ class Database:
 
     def dispose(self) -> None:
         """Close every pooled connection."""
+        if self.fast_path is not None:
+            self.fast_path.release_all()
         self.engine.dispose()
         if self.autocommit is not self.engine:
             self.autocommit.dispose()
@@ -147,6 +149,10 @@ class Database:
                     delay = min(2.0, 0.05 * 2 ** min(tries, 6))
                     log.info("connection lost (%s): retrying on a fresh one (attempt %d)",
                              short_error(error), tries)
+                elif tries > self.max_retries:
+                    # Past the usual retries, inside `retry_for`: try often, or the commits that
+                    # keep arriving on the contended rows win every time against this one.
+                    delay = 0.05
                 else:
                     delay = min(1.0, 0.005 * 2 ** min(tries, 8))
                     log.debug("retrying after %s (attempt %d)", short_error(error), tries)
@@ -188,10 +194,11 @@ class Database:
 
     # -- with retries ------------------------------------------------------------------------
 
-    def transaction(self, fn: Callable[[Connection], T]) -> T:
+    def transaction(self, fn: Callable[[Connection], T], *, retry_for: float = 0.0) -> T:
         """`fn` in a fresh transaction, repeated on a serialization failure or a connection
-        lost before the COMMIT. `fn` must be safe to run again: database work only."""
-        return self.run(lambda: self.attempt_transaction(fn))
+        lost before the COMMIT (`retry_for`: as for `run`). `fn` must be safe to run again:
+        database work only."""
+        return self.run(lambda: self.attempt_transaction(fn), retry_for=retry_for)
 
     def single(self, fn: Callable[[Connection], T]) -> T:
         """One statement, repeated on a serialization failure or a lost connection: for reads

@@ -85,10 +85,30 @@ class ReadStatements(StatementGroup):
                 .where(h.c.workflow_id == workflow_id).order_by(h.c.version))
         return self._rows(stmt, h)
 
+    def first_state(self, workflow_id: uuid.UUID, *,
+                    conn: Connection | None = None) -> tuple[str, Any] | None:
+        """The state name and data a workflow started with (its first history row), or None;
+        in the caller's transaction when `conn` is given."""
+        stmt = (select(*readable_columns(h, self.is_sqlite))
+                .where(h.c.workflow_id == workflow_id, h.c.version == 1))
+        rows = (_decoded(stmt, h, self.is_sqlite, conn) if conn is not None
+                else self._rows(stmt, h))
+        return (rows[0].to_state, rows[0].data) if rows else None
+
     def children_of(self, parent: uuid.UUID) -> list[StoredRow]:
         """The parent's child workflows, in the order they were started."""
         return self._rows(self._workflows().where(w.c.parent_id == parent)
                           .order_by(w.c.created_at, w.c.id))
+
+    def due_counts(self, machines: Sequence[str]) -> dict[str, int]:
+        """How many rows of each of `machines` are due now (what a claim could take: ready or
+        waiting with wake_at in the past, or running with an expired lease)."""
+        stmt = (select(w.c.machine, func.count())
+                .where(w.c.machine.in_(machines),
+                       w.c.status.in_(("ready", "running", "waiting")),
+                       w.c.wake_at.is_not(None), w.c.wake_at <= self.now())
+                .group_by(w.c.machine))
+        return self._single(lambda c: {r[0]: int(r[1]) for r in c.execute(stmt)})
 
     def count_by_status(self, machine: str | None = None) -> dict[str, int]:
         """How many workflows are in each status."""

@@ -8,15 +8,19 @@ import uuid
 from collections.abc import Callable
 
 from ._connections import Database
+from ._grouped import GroupStatements
 from ._limits import LimitStatements
+from ._purge import PurgeStatements
 from ._reads import ReadStatements
 from ._waiting import WaitingStatements
 
 __all__ = ["Statements"]
 
 
-class Statements(WaitingStatements, LimitStatements, ReadStatements):
-    """The engine's statements: claim, commit, events, children, limits, schedules, reads.
+class Statements(WaitingStatements, GroupStatements, LimitStatements, ReadStatements,
+                 PurgeStatements):
+    """The engine's statements: claim, commit, events, children, limits, schedules, reads,
+    retention.
     Internal (the engine's, not the user's API); reached as ``store.sql``."""
 
     def __init__(self, db: Database) -> None:
@@ -42,10 +46,12 @@ class Statements(WaitingStatements, LimitStatements, ReadStatements):
         for listener in list(self._listeners):
             listener()
 
-    def watch(self, workflow_id: uuid.UUID) -> threading.Event:
+    def watch(self, workflow_id: uuid.UUID,
+              event: threading.Event | None = None) -> threading.Event:
         """An event set when a worker of this process commits a finished status (done, failed,
-        cancelled) for `workflow_id`. Call `unwatch` when done with it."""
-        event = threading.Event()
+        cancelled) for `workflow_id` (`event` if given: a subclass may wake an event loop). Call
+        `unwatch` when done with it."""
+        event = threading.Event() if event is None else event
         with self._watch_lock:
             self._watchers.setdefault(workflow_id, []).append(event)
         return event

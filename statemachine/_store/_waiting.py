@@ -8,12 +8,15 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Connection,
     Text,
     and_,
+    bindparam,
     case,
     func,
     literal,
+    or_,
     select,
     type_coerce,
     update,
@@ -23,7 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .._clock import utcnow
 from .._records import Change, ClaimedRow
-from .._schema import FINISHED_STATUSES, UTCDateTime, history, workflows
+from .._schema import FINISHED_STATUSES, JSONData, TextUUID, UTCDateTime, history, workflows
 from .._schema import events as ev
 from ..errors import InvalidOperation, WorkflowNotFound
 from ._decode import StoredRow, stored_rows
@@ -42,11 +45,12 @@ class WaitingStatements(WorkflowStatements):
 
     def settle_waiting(
         self, row: ClaimedRow, *, deadline: datetime | None, accepts: Sequence[str],
-        children_ready: Callable[[Connection], bool] | None = None,
+        children_ready: Callable[[Connection], bool] | None = None, retry_for: float = 0.0,
     ) -> bool | None:
         """Put a claimed workflow back to sleep in its waiting state until `deadline` (or an
         event). Returns False instead when there is news to act on first (an event it accepts,
-        children to look at), None when the lease is gone, True when it sleeps.
+        children to look at), None when the lease is gone, True when it sleeps. `retry_for`:
+        keep retrying contention this long past the usual retries (as `commit` does).
 
         The row is locked *before* looking for news: a sender that touched it first has
         committed by then, and one that touches it after sees status 'waiting' and wakes it."""
@@ -73,15 +77,18 @@ class WaitingStatements(WorkflowStatements):
                              else_=sleep_until)))
             return True
 
-        return self.transaction(run)
+        return self._db.transaction(run, retry_for=retry_for)
 
     def pending_events(self, workflow_id: uuid.UUID) -> list[StoredRow]:
         """The workflow's pending events, oldest first. On SQLite an event whose data is not
         JSON comes back with its raw text and a `data_error` (to be rejected, not fatal)."""
         data = type_coerce(ev.c.data, Text()).label("data") if self.is_sqlite else ev.c.data
+        # In the order sent (`seq`), never by a clock. Unnumbered rows come first, by time:
+        # events recorded before schema version 0006, and rows inserted by SQL that no worker
+        # has noticed (and numbered) yet.
         stmt = (select(ev.c.id, ev.c.type, data, ev.c.created_at)
                 .where(ev.c.workflow_id == workflow_id, ev.c.status == "pending")
-                .order_by(ev.c.created_at, ev.c.id))
+                .order_by(ev.c.seq.asc().nulls_first(), ev.c.created_at, ev.c.id))
         is_sqlite = self.is_sqlite
         return self._single(lambda c: list(stored_rows(c.execute(stmt), ev, is_sqlite)))
 
@@ -107,15 +114,22 @@ class WaitingStatements(WorkflowStatements):
             if status in FINISHED_STATUSES:
                 raise InvalidOperation(
                     f"workflow {workflow_id} is {status}: it accepts no more events")
-            values: dict[str, Any] = dict(id=event_id, workflow_id=workflow_id, type=type_name,
-                                          data=data, status="pending", noticed=True)
-            if self.is_sqlite or not self.server_clock:
-                values["created_at"] = self.clock.now() if not self.is_sqlite else utcnow()
-            else:
-                values["created_at"] = func.clock_timestamp()
+            # The time is for people and for an event racing a deadline, never for the order:
+            # the transaction's time (one per transaction on CockroachDB too, unlike a node's
+            # clock_timestamp()).
+            created: Any = literal(utcnow(), UTCDateTime()) if self.is_sqlite else self.now()
+            # Numbered in this statement: one more than the inbox's last (the workflow's row,
+            # locked above, makes concurrent senders to one workflow take turns).
+            row = select(
+                literal(event_id, TextUUID()), literal(workflow_id, TextUUID()),
+                literal(type_name, Text()), literal(data, JSONData), literal("pending", Text()),
+                literal(True, Boolean()), created,
+                func.coalesce(func.max(ev.c.seq), 0) + 1,
+            ).where(ev.c.workflow_id == workflow_id)
             upsert = sqlite_insert if self.is_sqlite else pg_insert
-            conn.execute(upsert(ev).values(**values).on_conflict_do_nothing(
-                index_elements=[ev.c.id]))
+            conn.execute(upsert(ev).from_select(
+                ["id", "workflow_id", "type", "data", "status", "noticed", "created_at", "seq"],
+                row).on_conflict_do_nothing(index_elements=[ev.c.id]))
             return event_id
 
         return self.transaction(run)
@@ -125,11 +139,21 @@ class WaitingStatements(WorkflowStatements):
         many events were noticed. Cheap when there are none (a partial index)."""
 
         def run(conn: Connection) -> int:
-            found = conn.execute(select(ev.c.id, ev.c.workflow_id).where(
+            found = conn.execute(select(ev.c.id, ev.c.workflow_id, ev.c.created_at).where(
                 ev.c.noticed.is_(False)).limit(limit)).all()
             if not found:
                 return 0
             self._wake(conn, sorted({r.workflow_id for r in found}))
+            # Number them after what the inboxes hold, in the order of their times (the
+            # workflows' rows, locked by the wake-up, keep senders out meanwhile).
+            top = ev.alias("numbered")
+            number = update(ev).where(ev.c.id == bindparam("e_id", type_=TextUUID()),
+                                      ev.c.seq.is_(None)).values(
+                noticed=True,
+                seq=select(func.coalesce(func.max(top.c.seq), 0) + 1)
+                .where(top.c.workflow_id == ev.c.workflow_id).scalar_subquery())
+            for r in sorted(found, key=lambda r: (str(r.workflow_id), r.created_at, str(r.id))):
+                conn.execute(number, {"e_id": r.id})
             conn.execute(update(ev).where(ev.c.id.in_([r.id for r in found]))
                          .values(noticed=True))
             return len(found)
@@ -140,6 +164,14 @@ class WaitingStatements(WorkflowStatements):
         """When the workflow reached `version` (the time its history row was written)."""
         stmt = select(h.c.finished_at).where(h.c.workflow_id == workflow_id,
                                              h.c.version == version)
+        return self._single(lambda c: c.execute(stmt).scalar())
+
+    def polling_since(self, workflow_id: uuid.UUID, version: int) -> datetime | None:
+        """When a polling step's deadline starts: the time of the history row of `version`
+        (entering the state) or of the latest operator retry after it."""
+        stmt = select(func.max(h.c.finished_at)).where(
+            h.c.workflow_id == workflow_id, h.c.version >= version,
+            or_(h.c.version == version, h.c.kind == "retry"))
         return self._single(lambda c: c.execute(stmt).scalar())
 
     def release_children(self, conn: Connection, parent: uuid.UUID, max_running: int) -> int:
@@ -190,7 +222,7 @@ class WaitingStatements(WorkflowStatements):
                     workflow_id=row.id, version=row.version, kind="cancel",
                     from_state=row.state, to_state=row.state, data=row.data, status="cancelled",
                     attempt=row.attempt, new_state=False, cause=reason, clear_cancel=True,
-                    wake_parent=row.parent_id, cancel_children=reason))
+                    wake_parent=row.parent_id, cancel_children=reason, close_inbox=True))
                 assert done is not None  # the row is locked
                 return "cancelled"
             wake = row.wake_at if row.status == "running" else self.now()
@@ -215,7 +247,8 @@ class WaitingStatements(WorkflowStatements):
             done = conn.execute(
                 update(w).where(w.c.id == row.id, w.c.version == row.version,
                                 w.c.lease_token == row.lease_token)
-                .values(entered_version=row.version, attempt=1).returning(w.c.id)).first()
+                .values(entered_version=row.version, attempt=1, polls=0)
+                .returning(w.c.id)).first()
             if done is None:
                 return False
             # (Repeated after a connection lost during its COMMIT, the history row is there.)

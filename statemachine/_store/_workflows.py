@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -20,18 +20,24 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    cast,
+    column,
     exists,
+    func,
     insert,
     literal,
+    null,
+    or_,
     select,
     type_coerce,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .._records import Change, ChildStart, ClaimedRow, Committed
-from .._schema import JSONData, UTCDateTime, history, workflows
+from .._schema import PURGEABLE_STATUSES, JSONData, UTCDateTime, history, workflows
 from .._schema import events as ev
 from ..errors import DatabaseUnavailable, StoreError
 from ._base import StatementGroup, _headline
@@ -39,7 +45,14 @@ from ._decode import decode_value
 
 log = logging.getLogger("statemachine.store")
 
-__all__ = ["WorkflowStatements"]
+__all__ = ["CLAIM_BYTES", "WorkflowStatements"]
+
+# A claim's result stays under this many bytes (CockroachDB retries a statement by itself only
+# while its results fit its 16 KiB buffer, `sql.defaults.results_buffer.size`).
+CLAIM_BYTES = 16 * 1024
+# What a claimed row carries besides its data and names (ids, versions, flags), in bytes: an
+# overestimate, so the cap holds.
+_ROW_BYTES = 160
 
 w = workflows
 h = history
@@ -165,23 +178,36 @@ class WorkflowStatements(StatementGroup):
     # -- claiming ----------------------------------------------------------------------------
 
     def claim(
-        self, *, owner: str, machines: Sequence[str], limit: int, lease: float
+        self, *, owner: str, machines: Sequence[str], limit: int, lease: float,
+        since: datetime | None = None, max_bytes: int = CLAIM_BYTES,
     ) -> list[ClaimedRow]:
         """Take up to `limit` due workflows of `machines` (ready and due, or running with an
-        expired lease) and lease them to `owner` for `lease` seconds; attempt is counted up."""
+        expired lease) and lease them to `owner` for `lease` seconds; attempt is counted up.
+
+        `since`: scan the due index from this time only (``wake_at >= since``), the low-water
+        mark a worker keeps so the claim does not walk the dead index entries left below it
+        (see `statemachine._claimmark`); None scans the whole due range (a full sweep).
+        `max_bytes`: the batch stops before the rows' data and names pass this many bytes
+        (the first row is always taken), so a claim's result stays under CockroachDB's 16 KiB
+        automatic-retry buffer. Each row's `due_at` is its `wake_at` before the claim."""
         if limit <= 0 or not machines:
             return []
         token = uuid.uuid4().hex
-        params = {"p_machines": list(machines), "p_limit": limit, "p_token": token,
-                  "p_owner": owner, "p_lease": self._later_value(lease), **self._now_value()}
-        stmts = self._statements.get("claim")
+        params: dict[str, Any] = {
+            "p_machines": list(machines), "p_limit": limit, "p_token": token, "p_owner": owner,
+            "p_lease": self._later_value(lease), "p_bytes": max_bytes, **self._now_value()}
+        bounded = since is not None
+        if bounded:
+            params["p_since"] = since
+        key = ("claim", bounded)
+        stmts = self._statements.get(key)
         if stmts is None:
-            stmts = self._statements["claim"] = self._claim_statements()
+            stmts = self._statements[key] = self._claim_statements(bounded)
         if self.is_sqlite:
             pick, lease_them = stmts
 
             def run_sqlite(conn: Connection) -> list[ClaimedRow]:
-                rows = conn.execute(pick, params).all()
+                rows = _within_bytes(conn.execute(pick, params).all(), max_bytes)
                 if rows:
                     conn.execute(lease_them, {**params, "p_ids": [r.id for r in rows]})
                 return [_claimed_sqlite(r, token) for r in rows]
@@ -189,20 +215,22 @@ class WorkflowStatements(StatementGroup):
             return self.transaction(run_sqlite)
 
         def claimed(r: Any) -> ClaimedRow:
-            (wid, machine, state, data, version, entered, attempt, status, rec, parent, cancel,
-             doubt) = r
+            (wid, machine, state, data, version, entered, attempt, status, due_at, rec, parent,
+             cancel, doubt) = r
             return ClaimedRow(id=wid, machine=machine, state=state, data=data, version=version,
                               entered_version=entered, attempt=attempt, lease_token=token,
                               previous_status=status, external_change=not rec, parent_id=parent,
-                              cancel_requested=cancel, in_doubt=doubt)
+                              cancel_requested=cancel, in_doubt=doubt,
+                              due_at=_aware(due_at))
 
         if self._db.fast_ok():
-            return [claimed(r) for r in self._db.fast("claim", stmts, params, many=True)]
+            return [claimed(r) for r in self._db.fast(key, stmts, params, many=True)]
         return self._single(lambda conn: [claimed(r) for r in conn.execute(stmts, params)])
 
-    def _claim_statements(self) -> Any:
-        """The claim, built once: one UPDATE over a locked subquery on servers; a SELECT and an
-        UPDATE (under SQLite's write lock) on SQLite."""
+    def _claim_statements(self, bounded: bool) -> Any:
+        """The claim, built once per kind (bounded below by ``p_since`` or not): one UPDATE over
+        a locked, size-capped subquery on servers; a SELECT and an UPDATE (under SQLite's write
+        lock) on SQLite, which caps the batch in Python."""
         now = self._now_param()
         recorded = exists().where(h.c.workflow_id == w.c.id, h.c.version == w.c.version)
         runnable = ("ready", "running", "waiting")
@@ -214,6 +242,8 @@ class WorkflowStatements(StatementGroup):
             of_machines = w.c.machine == any_(bindparam("p_machines", type_=ARRAY(Text())))
             is_runnable = w.c.status == any_(literal(list(runnable), ARRAY(Text())))
         due = and_(w.c.wake_at.is_not(None), w.c.wake_at <= now, is_runnable, of_machines)
+        if bounded:  # the range scan starts at the mark: the index entries below are not read
+            due = and_(w.c.wake_at >= bindparam("p_since", type_=UTCDateTime()), due)
         lease_values = dict(
             status="running", lease_token=bindparam("p_token", type_=Text()),
             lease_owner=bindparam("p_owner", type_=Text()), wake_at=self._later_param("p_lease"),
@@ -225,15 +255,27 @@ class WorkflowStatements(StatementGroup):
         extra = (recorded.label("rec"), w.c.parent_id, w.c.cancel_requested, w.c.in_doubt)
         limit = bindparam("p_limit", type_=Integer())
         if self.is_sqlite:
-            pick = (select(*columns, w.c.status, *extra).where(due).order_by(w.c.wake_at)
-                    .limit(limit))
+            # (as text: a time written by hand must not fail the claim of every row)
+            due_at = type_coerce(w.c.wake_at, Text()).label("due_at")
+            pick = (select(*columns, w.c.status, due_at, *extra).where(due)
+                    .order_by(w.c.wake_at).limit(limit))
             lease_them = (update(w).where(w.c.id.in_(bindparam("p_ids", expanding=True)))
                           .values(**lease_values))
             return pick, lease_them
-        picked = (select(w.c.id, w.c.status).where(due).order_by(w.c.wake_at).limit(limit)
-                  .with_for_update(skip_locked=True).subquery("picked"))
-        return (update(w).where(w.c.id == picked.c.id).values(**lease_values)
-                .returning(*columns, picked.c.status, *extra))
+        # What a row adds to the result: its data as text, its names, and the fixed columns.
+        size = (func.octet_length(cast(w.c.data, Text())) + func.octet_length(w.c.state)
+                + func.octet_length(w.c.machine) + _ROW_BYTES)
+        locked = (select(w.c.id, w.c.status, w.c.wake_at.label("due_at"), size.label("size"))
+                  .where(due).order_by(w.c.wake_at).limit(limit)
+                  .with_for_update(skip_locked=True).subquery("locked"))
+        picked = select(
+            locked.c.id, locked.c.status, locked.c.due_at, locked.c.size,
+            func.sum(locked.c.size).over(order_by=(locked.c.due_at, locked.c.id)).label("upto"),
+        ).subquery("picked")
+        fits = or_(picked.c.upto <= bindparam("p_bytes", type_=Integer()),
+                   picked.c.upto == picked.c.size)  # the first row, whatever its size
+        return (update(w).where(w.c.id == picked.c.id, fits).values(**lease_values)
+                .returning(*columns, picked.c.status, picked.c.due_at, *extra))
 
     def renew_leases(self, ids: Sequence[uuid.UUID], token: str, lease: float) -> set[uuid.UUID]:
         """Push the lease expiry of rows this worker still holds; returns the ids still held."""
@@ -252,6 +294,22 @@ class WorkflowStatements(StatementGroup):
                         attempt=w.c.attempt - 1, updated_at=self.now())
                 .returning(w.c.id))
         return self._single(lambda c: len(c.execute(stmt).all()))
+
+    def poll_again(self, row: ClaimedRow, after: float) -> bool:
+        """A polling step's condition did not hold yet: due again in `after` seconds, lease
+        given back, `polls` counted up, attempt back to 0 (each poll has its own retries). No
+        history row and no new version: the compare-and-set on (id, version, lease_token) fences
+        it as it fences a commit. False when the row no longer matches (lease lost, or changed
+        by an operator). A cancel requested meanwhile makes the row due at once."""
+        now = self.now()
+        stmt = (update(w).where(w.c.id == row.id, w.c.version == row.version,
+                                w.c.lease_token == row.lease_token, w.c.status == "running")
+                .values(status="ready", lease_token=None, lease_owner=None, attempt=0,
+                        polls=w.c.polls + 1, updated_at=now,
+                        wake_at=case((w.c.cancel_requested.is_not(None), now),
+                                     else_=self.later(after)))
+                .returning(w.c.id))
+        return self._single(lambda c: c.execute(stmt).first()) is not None
 
     # -- writing changes -------------------------------------------------------------------------
 
@@ -293,9 +351,13 @@ class WorkflowStatements(StatementGroup):
 
     def _send_commit(self, change: Change) -> Committed | None:
         """One attempt at `commit` (no retry): the retry loop classifies what it raises."""
-        if self.is_sqlite or not change.simple:
+        # A finishing change that would record a cancel request as superseded is sent as one
+        # statement fenced on "no cancel request pending"; only when that fence (or the lease)
+        # fails does it take the transaction that records the request (see `commit_in`).
+        guarded = change.supersede_cancel and not change.clear_cancel and change.simple_but_cancel
+        if self.is_sqlite or not (change.simple or guarded):
             return self._db.attempt_transaction(lambda conn: self.commit_in(conn, change))
-        shape = _shape(change)
+        shape = _shape(change)._replace(no_cancel=guarded)
         stmt = self._statements.get(("commit", shape))
         if stmt is None:
             upd, hist = self._change_statements(shape)
@@ -313,6 +375,8 @@ class WorkflowStatements(StatementGroup):
             row = fast.execute(("commit", shape), stmt, params)
         else:
             row = self._db.attempt_single(lambda conn: conn.execute(stmt, params).first())
+        if row is None and guarded:
+            return self._db.attempt_transaction(lambda conn: self.commit_in(conn, change))
         return None if row is None else Committed(int(row[0]), row[1])
 
     def commit_in(self, conn: Connection, change: Change) -> Committed | None:
@@ -343,39 +407,76 @@ class WorkflowStatements(StatementGroup):
                 # serialization failure is (the workflow runs again; nothing is parked for it).
                 raise StoreError(f"event {c.consume_event} was consumed twice", sqlstate="40001",
                                  workflow_id=c.workflow_id, state=c.from_state)
+        if c.close_inbox:
+            self._close_inbox(conn, c)
         if c.children:
             self._insert_children(conn, c.workflow_id, c.children)
         if c.wake_parent is not None:
             self._wake(conn, [c.wake_parent])
         if c.cancel_children is not None:
             self._cancel_children(conn, c.workflow_id, c.cancel_children)
+        if c.supersede_cancel and not c.clear_cancel and row.cancel_requested is not None:
+            # Asked for while the handler ran, and the workflow finished first: say so in the
+            # same transaction (a crash cannot leave the request without a history row).
+            note = Change.cancel_superseded(c, version, row.cancel_requested, worker=c.worker)
+            recorded = self.commit_in(conn, note)
+            if recorded is None:  # the row is ours in this transaction: it cannot have moved
+                raise StoreError(f"workflow {c.workflow_id}: changed within its own commit",
+                                 workflow_id=c.workflow_id, state=c.to_state)
+            return Committed(recorded.version, None)
         return Committed(version, None if c.clear_cancel else row.cancel_requested)
 
-    def _change_statements(self, shape: _Shape) -> tuple[Any, dict[str, Any]]:
+    def _close_inbox(self, conn: Connection, c: Change) -> None:
+        """Reject the events still pending for a workflow that ends with `c` (see
+        `Change.close_inbox`)."""
+        reason = (f"workflow ended {c.status} in state {c.to_state} before any state accepted "
+                  "this event")
+        conn.execute(update(ev).where(ev.c.workflow_id == c.workflow_id, ev.c.status == "pending")
+                     .values(status="rejected", error=reason, consumed_at=self.now(),
+                             noticed=True))
+
+    def _change_statements(self, shape: _Shape, val: _Value | None = None
+                           ) -> tuple[Any, dict[str, Any]]:
         """The compare-and-set UPDATE and the history values for one shape of change, with a
-        bind parameter for every value (built once per shape, then reused)."""
+        bind parameter for every value (built once per shape, then reused). `val(name, type)`
+        gives the SQL of each value instead (the grouped commit reads them from its rows)."""
+        val = val or _bind
+
+        def later(name: str) -> Any:
+            if self.server_clock:
+                return func.now() + val(name, Interval())
+            return val(name, UTCDateTime())
+
         (has_token, expect_status, keep_lease, wake, attempt_rule, new_state, clear_cancel,
-         doubt, keep_data) = shape
-        conds = [w.c.id == bindparam("p_id", type_=w.c.id.type),
-                 w.c.version == bindparam("p_version", type_=BigInteger())]
+         doubt, keep_data, count_poll, finishes, no_cancel) = shape
+        conds = [w.c.id == val("p_id", w.c.id.type),
+                 w.c.version == val("p_version", BigInteger())]
+        if no_cancel:
+            conds.append(w.c.cancel_requested.is_(None))
         if has_token:
-            conds.append(w.c.lease_token == bindparam("p_token", type_=Text()))
+            conds.append(w.c.lease_token == val("p_token", Text()))
         if expect_status:
             conds.append(w.c.status.in_(bindparam("p_expect", expanding=True)))
         now = self._now_param()
         values: dict[str, Any] = dict(
-            state=bindparam("p_state", type_=Text()), data=bindparam("p_data", type_=JSONData),
-            status=bindparam("p_status", type_=Text()), version=w.c.version + 1,
-            updated_at=now, last_error=bindparam("p_last_error", type_=Text()))
+            state=val("p_state", Text()), data=val("p_data", JSONData),
+            status=val("p_status", Text()), version=w.c.version + 1,
+            updated_at=now, last_error=val("p_last_error", Text()))
         if keep_data:  # the stored data did not decode: parked as it is, for a person to read
             del values["data"]
         if keep_lease:
-            values.update(status="running", wake_at=self._later_param("p_wake"))
+            # The lease is pushed only when less than half of it is left: `wake_at` is the due
+            # index's key, and leaving it as it is keeps a sticky transition off the index (on
+            # PostgreSQL the update can then be HOT). The heartbeat renews a held lease before
+            # half of it has passed, so what is left never falls below half a lease.
+            values.update(status="running", wake_at=case(
+                (w.c.wake_at >= later("p_keep"), w.c.wake_at),
+                else_=later("p_wake")))
             if new_state:  # a new state starts its first attempt; otherwise the count goes on
                 values["attempt"] = 1
         else:
-            wake_at: Any = {"none": None, "at": bindparam("p_wake_at", type_=UTCDateTime()),
-                             "after": self._later_param("p_wake")}[wake]
+            wake_at: Any = {"none": None, "at": val("p_wake_at", UTCDateTime()),
+                             "after": later("p_wake")}[wake]
             if wake_at is not None and not clear_cancel:
                 # A cancel asked for while the handler ran is carried out now, not after a timer.
                 wake_at = case((w.c.cancel_requested.is_not(None), now), else_=wake_at)
@@ -386,17 +487,22 @@ class WorkflowStatements(StatementGroup):
                 values["attempt"] = w.c.attempt - 1
         if new_state:
             values["entered_version"] = w.c.version + 1
+            values["polls"] = 0
+        elif count_poll:
+            values["polls"] = w.c.polls + 1
         if clear_cancel:
             values["cancel_requested"] = None
         if doubt:
-            values["in_doubt"] = bindparam("p_in_doubt", type_=Text())
+            values["in_doubt"] = val("p_in_doubt", Text())
+        # Retention counts from the moment a workflow finished for good (see _schema.py).
+        values["purge_after"] = now if finishes else None
         hist = dict(
-            kind=bindparam("h_kind", type_=Text()), from_state=bindparam("h_from", type_=Text()),
-            to_state=bindparam("p_state", type_=Text()), data=bindparam("p_data", type_=JSONData),
-            status=bindparam("h_status", type_=Text()), cause=bindparam("h_cause", type_=Text()),
-            attempt=bindparam("h_attempt", type_=Integer()),
-            error=bindparam("h_error", type_=Text()), worker=bindparam("h_worker", type_=Text()),
-            started_at=bindparam("h_started", type_=UTCDateTime()), finished_at=now)
+            kind=val("h_kind", Text()), from_state=val("h_from", Text()),
+            to_state=val("p_state", Text()), data=val("p_data", JSONData),
+            status=val("h_status", Text()), cause=val("h_cause", Text()),
+            attempt=val("h_attempt", Integer()),
+            error=val("h_error", Text()), worker=val("h_worker", Text()),
+            started_at=val("h_started", UTCDateTime()), finished_at=now)
         return update(w).where(*conds).values(**values), hist
 
     def _change_params(self, c: Change) -> dict[str, Any]:
@@ -411,26 +517,77 @@ class WorkflowStatements(StatementGroup):
             h_worker=c.worker, h_started=c.started_at)
         seconds = c.keep_lease if c.keep_lease is not None else c.wake_after
         params["p_wake"] = self._later_value(seconds or 0.0)
+        params["p_keep"] = self._later_value((seconds or 0.0) / 2)
         params.update(self._now_value())
         return params
 
     def _insert_children(self, conn: Connection, parent: uuid.UUID,
                          children: Sequence[ChildStart]) -> None:
-        now = self.now()
-        for n, child in enumerate(children):
-            # Start order is queue order: a microsecond apart, since they share a transaction.
-            started = now + literal(timedelta(microseconds=n), Interval()) if self.server_clock \
-                else literal(self.clock.now() + timedelta(microseconds=n), UTCDateTime())
-            values = dict(
-                id=child.id, machine=child.machine, state=child.state, data=child.data,
-                status="ready", version=1, entered_version=1, attempt=0,
-                wake_at=None if child.queued else now, key=child.key, parent_id=parent,
-                created_at=started, updated_at=now)
-            conn.execute(insert(w).values(**values))
-            conn.execute(insert(h).values(
-                workflow_id=child.id, version=1, kind="start", from_state=None,
-                to_state=child.state, data=child.data, status="ready", attempt=0,
-                cause=f"child of {parent}", finished_at=now))
+        """Insert the children of one transition and their first history rows: two statements
+        whatever their number (on servers each an INSERT ... SELECT over one JSON array of the
+        children; on SQLite one prepared statement run for each row, in process). Start order is
+        queue order: the n-th child's `created_at` is n microseconds after the first's."""
+        if not children:
+            return
+        if self.is_sqlite:
+            self._insert_children_sqlite(conn, parent, children)
+            return
+        stmts = self._statements.get("children")
+        if stmts is None:
+            stmts = self._statements["children"] = self._children_statements()
+        params = {"p_parent": parent, "p_cause": f"child of {parent}", **self._now_value(),
+                  "p_children": [
+                      {"id": str(c.id), "machine": c.machine, "state": c.state, "data": c.data,
+                       "key": c.key, "queued": c.queued, "n": n}
+                      for n, c in enumerate(children)]}
+        conn.execute(stmts[0], params)
+        conn.execute(stmts[1], params)
+
+    def _children_statements(self) -> tuple[Any, Any]:
+        """The two children statements on servers, built once."""
+        now = self._now_param()
+        kids = func.jsonb_array_elements(bindparam("p_children", type_=JSONB())).table_valued(
+            column("value", JSONB())).alias("c")
+        v = kids.c.value
+        # `->`, not a subscript (which PostgreSQL spells `value['data']` since 14 only)
+        data = v.op("->", return_type=JSONB())(literal("data", Text()))
+        child_id = cast(v["id"].astext, w.c.id.type)
+        queued = v["queued"].astext == "true"
+        offset = type_coerce(cast(v["n"].astext, Integer()), Interval()) * literal(
+            timedelta(microseconds=1), Interval())
+        rows = select(
+            child_id, v["machine"].astext, v["state"].astext, data, literal("ready", Text()),
+            literal(1, BigInteger()), literal(1, BigInteger()), literal(0, Integer()),
+            case((queued, null()), else_=now), v["key"].astext,
+            bindparam("p_parent", type_=w.c.parent_id.type), now + offset, now,
+        ).select_from(kids)
+        workflows_in = insert(w).from_select(
+            ["id", "machine", "state", "data", "status", "version", "entered_version", "attempt",
+             "wake_at", "key", "parent_id", "created_at", "updated_at"], rows)
+        first = select(
+            child_id, literal(1, BigInteger()), literal("start", Text()), v["state"].astext,
+            data, literal("ready", Text()), literal(0, Integer()),
+            bindparam("p_cause", type_=Text()), now,
+        ).select_from(kids)
+        history_in = insert(h).from_select(
+            ["workflow_id", "version", "kind", "to_state", "data", "status", "attempt", "cause",
+             "finished_at"], first)
+        return workflows_in, history_in
+
+    def _insert_children_sqlite(self, conn: Connection, parent: uuid.UUID,
+                                children: Sequence[ChildStart]) -> None:
+        now = self.clock.now()
+        conn.execute(insert(w), [
+            dict(id=c.id, machine=c.machine, state=c.state, data=c.data, status="ready",
+                 version=1, entered_version=1, attempt=0, wake_at=None if c.queued else now,
+                 key=c.key, parent_id=parent, created_at=now + timedelta(microseconds=n),
+                 updated_at=now)
+            for n, c in enumerate(children)])
+        conn.execute(insert(h), [
+            dict(workflow_id=c.id, version=1, kind="start", from_state=None, to_state=c.state,
+                 data=c.data, status="ready", attempt=0, cause=f"child of {parent}",
+                 error=None, worker=None, started_at=None, finished_at=now)
+            for c in children])
 
     def _wake(self, conn: Connection, ids: Sequence[uuid.UUID]) -> None:
         """Make waiting workflows due now. Touching the row even when it is not waiting takes its
@@ -444,6 +601,14 @@ class WorkflowStatements(StatementGroup):
             w.c.cancel_requested.is_(None),
         ).values(cancel_requested=reason, wake_at=case(
             (w.c.status.in_(("ready", "waiting")), self.now()), else_=w.c.wake_at)))
+
+
+_Value = Callable[[str, Any], Any]
+
+
+def _bind(name: str, type_: Any) -> Any:
+    """A change's value as a bind parameter of its own (one row's commit)."""
+    return bindparam(name, type_=type_)
 
 
 class _Shape(NamedTuple):
@@ -460,6 +625,10 @@ class _Shape(NamedTuple):
     # `data` None: leave the row's data as stored (a row whose data does not decode is parked
     # without losing it; its history row records JSON null).
     keep_data: bool
+    count_poll: bool = False
+    finishes: bool = False  # the change ends the workflow for good (done, cancelled): purge_after
+    # Fenced on no cancel request pending (a finishing change's one-statement commit).
+    no_cancel: bool = False
 
 
 def _shape(c: Change) -> _Shape:
@@ -477,7 +646,29 @@ def _shape(c: Change) -> _Shape:
         keep_lease=c.keep_lease is not None, wake=wake, attempt_rule=attempt_rule,
         new_state=c.new_state, clear_cancel=c.clear_cancel,
         doubt=c.mark_in_doubt is not None or c.clear_in_doubt or c.new_state,
-        keep_data=c.data is None)
+        keep_data=c.data is None, count_poll=c.count_poll,
+        finishes=c.status in PURGEABLE_STATUSES)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """A time read from a raw driver row as an aware UTC datetime."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _within_bytes(rows: Sequence[Any], max_bytes: int) -> list[Any]:
+    """The first of `rows` (SQLite's picked rows) whose data and names fit in `max_bytes`, the
+    way the server claim caps its batch; the first row is always taken."""
+    kept: list[Any] = []
+    total = 0
+    for r in rows:
+        total += len(str(r.data).encode()) + len(r.state.encode()) + len(r.machine.encode()) \
+            + _ROW_BYTES
+        if kept and total > max_bytes:
+            break
+        kept.append(r)
+    return kept
 
 
 def _claimed_sqlite(r: Any, token: str) -> ClaimedRow:
@@ -493,4 +684,14 @@ def _claimed_sqlite(r: Any, token: str) -> ClaimedRow:
                       attempt=1 if attempt_error else attempt + 1, lease_token=token,
                       previous_status=r.status, external_change=not r.rec, parent_id=r.parent_id,
                       cancel_requested=r.cancel_requested, in_doubt=r.in_doubt,
-                      data_error="; ".join(errors) or None)
+                      data_error="; ".join(errors) or None, due_at=_aware(_sqlite_time(r.due_at)))
+
+
+def _sqlite_time(value: Any) -> datetime | None:
+    """A SQLite time column read as text (None for a value that is not a time)."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:  # written by hand: the mark falls back to a full sweep's
+        return None

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from statemachine import Client, Store, Worker
 from statemachine._cli import _run
+from statemachine._store._audit import unclaimable
 from tests.machines_for_tests import P1, Bulk
 from tests.waits import wait_until
 
@@ -111,12 +112,12 @@ def test_a_bad_row_is_parked_or_reported_and_the_others_finish(
     # Before any worker: check reports it (exit 1), list and show print it.
     code, out = _cli(capsys, db_url, "check", "--app", APP)
     assert (code, case.check in out, str(bad) in out) == (1, True, True), out
-    code, out = _cli(capsys, db_url, "list")
+    code, out = _cli(capsys, db_url, "list", "--json")
     assert code == 0, out
-    assert str(bad) in out
-    code, out = _cli(capsys, db_url, "show", str(bad))
+    assert str(bad) in {w["id"] for w in json.loads(out)["workflows"]}
+    code, out = _cli(capsys, db_url, "show", str(bad), "--json")
     assert code == 0, out
-    assert f"id           {bad}" in out
+    assert json.loads(out)["id"] == str(bad)
 
     caplog.set_level(logging.WARNING, logger="statemachine")
     with Worker(store, [Bulk()], poll_interval=0.05, audit_interval=0.2) as worker:
@@ -161,3 +162,21 @@ def test_an_extra_field_in_a_stored_row_is_dropped_and_the_workflow_goes_on(
     with Worker(store, [Bulk()], poll_interval=0.05):
         wait_until(lambda: _status(db, wid)[0] == "done", "the workflow to finish")
     assert "surplus" not in json.dumps(client.get(wid).data)
+
+
+def test_children_queued_behind_a_live_parent_are_not_reported_as_unclaimable(
+    store: Store, db: Engine,
+) -> None:
+    # A child ready without wake_at is queued behind its parent's max_running: the parent lets
+    # it go when a sibling finishes. Only once the parent has finished can nothing let it go.
+    client = Client(store, [Bulk])
+    live, finished, queued, orphaned = (client.start(Bulk, P1(n=i)) for i in range(4))
+    with db.begin() as conn:
+        conn.execute(text("UPDATE sm_workflows SET status = 'done', wake_at = NULL "
+                          "WHERE id = :id"), {"id": str(finished)})
+        for child, parent in ((queued, live), (orphaned, finished)):
+            conn.execute(text("UPDATE sm_workflows SET parent_id = :parent, wake_at = NULL "
+                              "WHERE id = :id"), {"id": str(child), "parent": str(parent)})
+    found = unclaimable(store)
+    assert [(p.kind, p.count, p.example) for p in found] == [
+        ("ready without wake_at", 1, str(orphaned))], found

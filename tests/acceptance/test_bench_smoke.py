@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
+from bench import grouping
 from bench.report import problems
 
 ROOT = Path(__file__).resolve().parents[2]
+MODES = {"threads", "processes"}
 
 
 def run_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
@@ -31,18 +33,35 @@ def run_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
 
 @pytest.mark.slow
 def test_bench_smoke_postgres(pg_database: URL, tmp_path: Path) -> None:
-    sections = "throughput,sql,latency,events,scale,memory"
+    sections = "throughput,grouping,sql,latency,events,scale,memory"
     results, report = run_bench(tmp_path, "--pg-url",
                                 pg_database.render_as_string(hide_password=False),
                                 "--only", sections)
     assert problems(results) == []
     assert set(sections.split(",")) <= set(results)
     assert results["errors"] == {}
-    ratios = results["throughput"]["ratio_to_reference"]
-    assert set(ratios) == {"threads", "processes"}
-    assert all(r > 0 for by_workers in ratios.values() for r in by_workers.values())
-    assert {(r["impl"], r["mode"]) for r in results["throughput"]["runs"]} == {
-        ("reference", "processes"), ("statemachine", "threads"), ("statemachine", "processes")}
+    modes = MODES | ({"grouped"} if grouping.available() else set())
+    throughput = results["throughput"]
+    for table in ("ratio_to_reference", "ratio_to_same_plan", "cpu_ratio_to_same_plan"):
+        assert set(throughput[table]) == modes, table
+        assert all(r > 0 for by_workers in throughput[table].values()
+                   for r in by_workers.values())
+    assert {(r["impl"], r["mode"]) for r in throughput["runs"]} == {
+        ("reference", "processes"), ("same_plan", "processes"),
+        *(("statemachine", m) for m in modes)}
+    # The same-plan loop sends statemachine's plan: one claim per workflow, one commit per step.
+    plan = results["sql"]["same_plan"]
+    assert plan["statements_per_transition"] < 1.5
+    assert plan["server"]["tup_inserted_per_transition"] >= 1.0
+    assert results["grouping"]["available"] is grouping.available()
+    # The smoke run has 1 and 2 workers: the 4-and-8-worker targets are not judged, and said so.
+    targets = {t["target"]: t for t in results["targets"]}
+    same_plan = targets["statemachine threads, 4 and 8 workers: ≥ 1.0x the same-plan loop"]
+    assert same_plan["met"] is None
+    assert same_plan["result"] == "not measured in this run"
+    if not grouping.available():
+        assert "## Group commit" in report
+        assert "not available" in report
     assert "sm_workflows_due" in results["scale"]["claim_plan_loaded"]["indexes"]
     assert "skipped" in results["events"] or results["events"]["send_to_handler"]["p50_ms"] > 0
     assert results["meta"]["duration_s"] > 0
@@ -52,15 +71,37 @@ def test_bench_smoke_postgres(pg_database: URL, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_claimdecay_smoke(pg_database: URL, tmp_path: Path) -> None:
+    """`python -m bench.claimdecay --smoke`: the claim benchmark completes, times claims in the
+    workers and both claims in the probe, and reports the plans (no claim on speed)."""
+    out = tmp_path / "claimdecay.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.claimdecay", "--smoke", "--output", str(out),
+         "--pg-url", pg_database.render_as_string(hide_password=False)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"claimdecay failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    results = json.loads(out.read_text())["results"]
+    assert results["transitions"] == 1000
+    assert results["claims"] > 0
+    assert results["table_after"]["dead_tuples"] > 0  # autovacuum was off: nothing cleaned up
+    assert "sm_workflows_due" in results["plans"]["new_end"]
+    assert "wake_at >=" in results["plans"]["new_end"]
+    assert "wake_at >=" not in results["plans"]["old_end"]
+    assert "## " in proc.stdout or "# Claim under dead index entries" in proc.stdout
+
+
+@pytest.mark.slow
 def test_bench_smoke_sqlite(tmp_path: Path) -> None:
     results, report = run_bench(tmp_path, "--only", "sqlite")
     assert problems(results) == []
     assert "postgres" not in results["meta"]
     runs = results["sqlite"]["runs"]
-    assert {(r["mode"], r["workers"]) for r in runs} == {
-        (m, w) for m in ("threads", "processes") for w in (1, 2)}
+    modes = MODES | ({"grouped"} if grouping.available() else set())
+    assert {(r["mode"], r["workers"]) for r in runs} == {(m, w) for m in modes for w in (1, 2)}
     assert all(r["transitions_per_s"]["median"] > 0 for r in runs)
+    assert results["sqlite"]["latency"]["start_to_done"]["p99_ms"] > 0
     assert "## SQLite" in report
+    assert "| SQLite | start → terminal state committed" in report
 
 
 def test_problems_flags_missing_and_non_positive_figures() -> None:
@@ -94,3 +135,19 @@ def test_profile_summaries_of_py_spy_stacks() -> None:
     wall = analyse_wall(raw)["by_thread_activity_pct"]
     assert wall["claimer thread"] == {"idle (waiting for work, a lock or a timer)": 100.0}
     assert sum(wall["handler threads"].values()) == 100.0
+
+
+def test_splice_replaces_only_the_generated_part_of_the_doc() -> None:
+    from bench.splice import BEGIN, END, splice
+
+    doc = f"# Performance\n\nintro\n\n{BEGIN}\nold figures\n{END}\n\n## What each figure means\n"
+    report = "# statemachine benchmark\n\nRun on commit abc.\n\n## Targets (issue 15)\n\n| a |\n"
+    out = splice(doc, report)
+    assert "old figures" not in out
+    assert "# statemachine benchmark" not in out
+    assert "### Targets (issue 15)" in out
+    assert out.startswith("# Performance\n\nintro\n\n" + BEGIN)
+    assert out.endswith(f"{END}\n\n## What each figure means\n")
+    assert splice(out, report) == out  # splicing the same report again changes nothing
+    with pytest.raises(ValueError, match="markers"):
+        splice("# Performance\n", report)

@@ -1,4 +1,4 @@
-"""The checkout saga (machines/checkout.py) against real HTTP services, with real worker processes
+"""The checkout saga (machines/checkout/) against real HTTP services, with real worker processes
 killed with SIGKILL at the worst moments. Each test runs on every backend.
 
 What is proved, per test:

@@ -19,13 +19,14 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from statemachine import Client, Store, WorkflowInfo
-from tests.conftest import _drop_schema, _pg_schema_url
+from tests.conftest import _drop_schema, backend_schema_url
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).with_name("statemachine")
@@ -58,8 +59,8 @@ def sm(
     if db is not None:
         cmd += ["--db", db]
     result = subprocess.run(
-        [*cmd, *args], cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=60,
-        check=False)
+        [*cmd, *args], cwd=cwd, env=env or _env(), capture_output=True, text=True,
+        timeout=240, check=False)  # a bulk command over 2,000 rows on a loaded 2-core machine
     assert result.returncode == expect, (
         f"statemachine {' '.join(args)} exited {result.returncode}, expected {expect}\n"
         f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
@@ -95,16 +96,19 @@ def assert_one_line_error(result: Result, *fragments: str) -> None:
         assert fragment in lines[0]
 
 
-def fields(show_output: str) -> dict[str, str]:
-    """`statemachine show` output as {field: value}."""
-    pairs = (line.split(None, 1) for line in show_output.splitlines() if line.strip())
-    return {p[0]: p[1] if len(p) > 1 else "" for p in pairs}
+def fields(show_output: str) -> dict[str, Any]:
+    """`statemachine show --json` output."""
+    return dict(json.loads(show_output))
 
 
-def history_rows(history_output: str) -> list[list[str]]:
-    """`statemachine history` table rows (without the header), split into words."""
-    table = history_output.split("\n--- version")[0]
-    return [line.split() for line in table.strip().splitlines()[1:]]
+def history_rows(history_output: str) -> list[dict[str, Any]]:
+    """`statemachine history --json` entries."""
+    return list(json.loads(history_output)["history"])
+
+
+def listed(list_output: str) -> dict[str, dict[str, Any]]:
+    """`statemachine list --json` rows by id."""
+    return {r["id"]: r for r in json.loads(list_output)["workflows"]}
 
 
 @pytest.fixture
@@ -175,7 +179,7 @@ def test_start_rejects_bad_input(tmp_path: Path) -> None:
     assert "Traceback" not in no_module.stderr
     assert_one_line_error(not_uuid, "not a workflow id")
     assert_one_line_error(no_such, "no workflow")
-    assert listing.stdout.splitlines()[1:] == []  # nothing was started
+    assert listing.stdout.splitlines()[1:] == ["showing 0 of 0"]  # nothing was started
 
 
 def test_demo(tmp_path: Path) -> None:
@@ -221,20 +225,27 @@ def test_start_list_show_cancel(db_url: str, client: Client) -> None:
     assert keyed != first
     assert client.get(keyed).key == "order-x"
 
-    listing, shown, history = sm_all(db_url, ("list",), ("show", first), ("history", first))
-    assert listing.stdout.splitlines()[0].split()[:4] == ["ID", "MACHINE", "STATE", "STATUS"]
+    listing, table, shown, history = sm_all(db_url, ("list", "--json"), ("list",),
+                                            ("show", first, "--json"),
+                                            ("history", first, "--json"))
+    assert table.stdout.splitlines()[0].split()[:4] == ["ID", "MACHINE", "STATE", "STATUS"]
+    rows = listed(listing.stdout)
     for workflow_id in (first, keyed):
-        (row,) = [line for line in listing.stdout.splitlines() if line.startswith(workflow_id)]
-        assert row.split()[1:5] == ["order", "OrderPlaced", "ready", "1"]
+        row = rows[workflow_id]
+        assert [row[k] for k in ("machine", "state", "status", "version")] == [
+            "order", "OrderPlaced", "ready", 1]
     info = fields(shown.stdout)
     assert (info["id"], info["state"], info["status"]) == (first, "OrderPlaced", "ready")
-    assert json.loads(info["data"]) == {"order_id": "x", "amount_cents": 5, "card": "4242"}
-    assert history_rows(history.stdout)[0][:5] == ["1", "start", "OrderPlaced", "ready", "0"]
+    assert info["data"] == {"order_id": "x", "amount_cents": 5, "card": "4242"}
+    entry = history_rows(history.stdout)[0]
+    assert [entry[k] for k in ("version", "kind", "to_state", "status", "attempt")] == [
+        1, "start", "OrderPlaced", "ready", 0]
 
-    cancelled = sm("cancel", keyed, "--app", APP, "--reason", "test says so", db=db_url).stdout
+    cancelled = sm("cancel", keyed, "--app", APP, "--reason", "test says so", "--actor", "ann",
+                   db=db_url).stdout
     assert cancelled.strip() == f"workflow {keyed} cancelled"
     assert [(h.kind, h.status, h.cause) for h in client.history(keyed)][-1] == (
-        "cancel", "cancelled", "test says so")
+        "cancel", "cancelled", "test says so (by ann)")
     cancel_again, retry_ready = sm_all(db_url, (("cancel", keyed), 1), (("retry", first), 1))
     assert_one_line_error(cancel_again, "it is cancelled")
     assert_one_line_error(retry_ready, "cannot retry", "it is ready")
@@ -242,7 +253,7 @@ def test_start_list_show_cancel(db_url: str, client: Client) -> None:
     park_by_sql(db_url, first)
     assert sm("cancel", first, "--app", APP, db=db_url).stdout.strip() == (
         f"workflow {first} cancelled")
-    cancelled_list = sm("list", "--status", "cancelled", db=db_url).stdout
+    cancelled_list = listed(sm("list", "--status", "cancelled", "--json", db=db_url).stdout)
     assert keyed in cancelled_list
     assert first in cancelled_list
 
@@ -261,7 +272,8 @@ def test_worker_runs_workflows_and_stops_on_sigterm(
             "WHERE id = :id"), {"id": forced})
     # Cancelled without --app: the CLI cannot tell whether the machine has a cancel route, so it
     # records the request and the worker carries it out.
-    requested = sm("cancel", doomed, "--reason", "changed my mind", db=db_url).stdout
+    requested = sm("cancel", doomed, "--reason", "changed my mind", "--actor", "bob",
+                   db=db_url).stdout
     assert "requested" in requested
 
     log = tmp_path / "worker.log"
@@ -289,22 +301,26 @@ def test_worker_runs_workflows_and_stops_on_sigterm(
     assert parked.last_error is not None
     assert "data.charge_id" in parked.last_error
     assert [(h.kind, h.cause) for h in client.history(doomed)] == [
-        ("start", None), ("cancel", "changed my mind")]
+        ("start", None), ("cancel", "changed my mind (by bob)")]
 
-    shown_good, history_good, history_forced, shown_forced, checked_forced = sm_all(
-        db_url, ("show", good), ("history", good), ("history", forced, "--errors"),
-        ("show", forced), ("show", forced, "--app", APP))
+    (shown_good, history_good, history_forced, errors_forced, shown_forced,
+     checked_forced) = sm_all(
+        db_url, ("show", good, "--json"), ("history", good, "--json"),
+        ("history", forced, "--json"), ("history", forced, "--errors"),
+        ("show", forced, "--json"), ("show", forced, "--app", APP, "--json"))
     info = fields(shown_good.stdout)
-    assert (info["state"], info["status"], info["version"]) == ("Confirmed", "done", "5")
+    assert (info["state"], info["status"], info["version"]) == ("Confirmed", "done", 5)
     rows = history_rows(history_good.stdout)
-    assert [r[:2] for r in rows] == [["1", "start"], ["2", "failed_attempt"], ["3", "transition"],
-                                     ["4", "transition"], ["5", "transition"]]
-    assert rows[-1][2:5] == ["Shipped", "Confirmed", "done"]
-    assert [r[1] for r in history_rows(history_forced.stdout)] == [
+    assert [(r["version"], r["kind"]) for r in rows] == [
+        (1, "start"), (2, "failed_attempt"), (3, "transition"), (4, "transition"),
+        (5, "transition")]
+    assert [rows[-1][k] for k in ("from_state", "to_state", "status")] == [
+        "Shipped", "Confirmed", "done"]
+    assert [r["kind"] for r in history_rows(history_forced.stdout)] == [
         "start", "external_change", "parked"]
-    parked_error = history_forced.stdout.split("--- version")[1]
+    parked_error = errors_forced.stdout.split("--- version")[1]
     assert "required field missing @ data.charge_id" in parked_error
-    assert "load_error" not in shown_forced.stdout  # the machine was not imported: not checked
+    assert fields(shown_forced.stdout)["load_error"] is None  # no machine imported: not checked
     assert "required field missing @ data.charge_id" in fields(checked_forced.stdout)["load_error"]
 
     assert "is ready again" in sm("retry", forced, db=db_url).stdout
@@ -319,7 +335,7 @@ def test_worker_runs_workflows_and_stops_on_sigterm(
 def test_database_url_from_environment(db_url: str, client: Client, tmp_path: Path) -> None:
     env = _env(STATEMACHINE_DATABASE_URL=db_url)
     workflow_id = started(sm(*start_args(), db=None, cwd=tmp_path, env=env))
-    assert workflow_id in sm("list", db=None, cwd=tmp_path, env=env).stdout
+    assert workflow_id in listed(sm("list", "--json", db=None, cwd=tmp_path, env=env).stdout)
     assert client.get(workflow_id).state_name == "OrderPlaced"
     assert not (tmp_path / "statemachine.db").exists()  # the default was not used
 
@@ -366,13 +382,21 @@ def test_a_missing_sqlite_file_is_named_and_not_created(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.db"
     db = "sqlite:///nowhere.db"  # relative: looked for in the command's directory
     for args in (("list",), ("show", str(uuid.uuid4())), ("history", str(uuid.uuid4())),
+                 ("events", "1e0f"), ("stats",), ("retry", "--status", "failed", "--yes"),
                  ("check", "--app", APP), ("start", "order", "--data", ORDER, "--app", APP),
                  ("worker", "--app", APP)):
         result = sm(*args, db=db, expect=1, cwd=tmp_path)
         assert_one_line_error(result, str(path), "does not exist", "statemachine --db")
     assert not path.exists()
-    assert "applied 0001" in sm("migrate", db=db, cwd=tmp_path).stdout  # migrate creates it
+    # The hint names the file by its absolute path: run from anywhere, it creates that file,
+    # not a second database in the current directory.
+    hint = re.search(r"`statemachine (--db \S+ migrate)`", result.stderr)
+    assert hint is not None, result.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert "applied 0001" in sm(*hint.group(1).split(), db=None, cwd=elsewhere).stdout
     assert path.exists()
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_an_unmigrated_database_is_told_to_migrate(backend: str, tmp_path: Path,
@@ -382,7 +406,7 @@ def test_an_unmigrated_database_is_told_to_migrate(backend: str, tmp_path: Path,
         db = f"sqlite:///{tmp_path / 'empty.db'}"
     else:
         database = request.getfixturevalue("pg_database")
-        url, schema = _pg_schema_url(database, serializable=backend == "postgres-serializable")
+        url, schema = backend_schema_url(database, backend)
         request.addfinalizer(lambda: _drop_schema(database, schema))
         db = url.render_as_string(hide_password=False)
     for args in (("list",), ("show", str(uuid.uuid4())), ("start", *start_args()[1:])):

@@ -303,8 +303,9 @@ def test_relative_links_point_to_files_and_headings_that_exist(doc: Path) -> Non
 # -- code quoted in the guides -------------------------------------------------------------------
 
 GUIDES = ["docs/how-to/waiting.md", "docs/how-to/cron-batches.md", "docs/how-to/rate-limits.md",
-          "docs/how-to/upgrading-state-classes.md", "docs/how-to/side-effects.md"]
-SOURCES = {p: read(p) for p in sorted([*(ROOT / "machines").glob("*.py"),
+          "docs/how-to/upgrading-state-classes.md", "docs/how-to/side-effects.md",
+          "docs/how-to/property-testing.md", "docs/how-to/async.md"]
+SOURCES = {p: read(p) for p in sorted([*(ROOT / "machines").rglob("*.py"),
                                        *(ROOT / "tests").rglob("*.py")])}
 
 
@@ -345,7 +346,7 @@ def test_side_effects_quotes_the_checkout_reconcile_as_it_is() -> None:
     blocks = [b for b in python_blocks(read(ROOT / "docs/how-to/side-effects.md"))
               if "def find_charge" in b]
     assert len(blocks) == 1
-    assert quoted_from(blocks[0]) == ROOT / "machines" / "checkout.py"
+    assert quoted_from(blocks[0]) == ROOT / "machines" / "checkout" / "machine.py"
     assert "return rerun()" in blocks[0]
 
 

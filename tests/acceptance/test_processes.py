@@ -46,6 +46,9 @@ pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
 
+# Where worker processes load machines from; the `handlers` fixture makes it asyncified ones.
+APP_MODULE = "tests.machines_for_tests"
+
 
 class Workers(WorkerProcesses):
     """Worker processes on the test machines (`tests.machines_for_tests`), logging under
@@ -57,7 +60,7 @@ class Workers(WorkerProcesses):
 
     def spawn(self, name: str, machine: str, *, lease: float = 1.0, poll: float = 0.05,
               grace: float = 5.0, concurrency: int = 4) -> subprocess.Popen[bytes]:
-        return super().spawn(name, f"tests.machines_for_tests:{machine}", lease=lease,
+        return super().spawn(name, f"{APP_MODULE}:{machine}", lease=lease,
                              poll=poll, grace=grace, concurrency=concurrency)
 
 
@@ -117,6 +120,7 @@ def assert_committed_once(hist: list[Any]) -> None:
 # -- 1. crash recovery ---------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("handlers")  # sync handlers, and async ones on the async worker
 def test_sigkill_mid_handler_is_taken_over_after_the_lease(
     db_url: str, store: Store, db: Engine, tmp_path: Path,
 ) -> None:
@@ -213,6 +217,7 @@ def test_four_workers_commit_every_transition_exactly_once(
 # -- 3. graceful shutdown ------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("handlers")  # sync handlers, and async ones on the async worker
 def test_sigterm_finishes_in_flight_handlers_and_gives_back_the_rest(
     db_url: str, store: Store, db: Engine, tmp_path: Path,
 ) -> None:
@@ -271,6 +276,7 @@ def test_sigterm_finishes_in_flight_handlers_and_gives_back_the_rest(
 # -- 4. lease renewal ----------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("handlers")  # sync handlers, and async ones on the async worker
 def test_heartbeat_keeps_a_long_handler_from_being_taken_over(
     db_url: str, store: Store, db: Engine, tmp_path: Path,
 ) -> None:
@@ -344,8 +350,9 @@ def _finish_elsewhere(workers: Workers, db: Engine, marks: Path, wid: uuid.UUID)
     assert [(h.kind, h.worker, h.attempt) for h in hist] == [
         ("start", None, 0), ("transition", "next", 1)]
     assert final.data["attempt"] == 1
-    assert marker_runs(marks, "hold") == [
-        (1, workers.procs["g1"].pid), (1, workers.procs["next"].pid)]
+    # Sorted on both sides: pids wrap, so the later process may have the smaller one.
+    assert marker_runs(marks, "hold") == sorted([
+        (1, workers.procs["g1"].pid), (1, workers.procs["next"].pid)])
 
 
 def _holding_workflow(store: Store, tmp_path: Path) -> tuple[uuid.UUID, Path]:
@@ -355,6 +362,7 @@ def _holding_workflow(store: Store, tmp_path: Path) -> tuple[uuid.UUID, Path]:
     return Client(store, [Holding]).start(Holding, H1(dir=str(marks))), marks
 
 
+@pytest.mark.usefixtures("handlers")  # sync handlers, and async ones on the async worker
 def test_sigterm_past_the_grace_gives_the_workflow_back_and_exits(
     db_url: str, store: Store, db: Engine, tmp_path: Path,
 ) -> None:
@@ -368,6 +376,7 @@ def test_sigterm_past_the_grace_gives_the_workflow_back_and_exits(
         _finish_elsewhere(workers, db, marks, wid)
 
 
+@pytest.mark.usefixtures("handlers")  # sync handlers, and async ones on the async worker
 def test_second_sigterm_gives_work_back_at_once(
     db_url: str, store: Store, db: Engine, tmp_path: Path,
 ) -> None:

@@ -54,6 +54,7 @@ class Unbuildable(Exception):
 
 WHEN = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 SOME_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
+OTHER_ID = uuid.UUID("00000000-0000-4000-8000-000000000002")
 
 
 class FixedClock:
@@ -162,6 +163,10 @@ def examples(tp: Any, conn: RecordingConnection) -> list[Any]:
             return [(examples(args[0], conn)[0],), ()]
         return [tuple(examples(a, conn)[0] for a in args)]
     if origin in (list, set, frozenset, Sequence, typing.Sequence):
+        if args and args[0] is Change:
+            # Changes of two workflows, of the sticky shape: what a grouped commit sends.
+            sticky = examples(Change, conn)[2]
+            return [[sticky, attrs.evolve(sticky, workflow_id=OTHER_ID)]]
         return [[examples(args[0], conn)[0]]] if args else [[1]]
     if origin in (dict, Mapping) or tp is dict:
         return [{"k": 1}]

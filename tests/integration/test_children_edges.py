@@ -23,6 +23,10 @@ from statemachine import (
 from tests.claims import ClaimLog
 from tests.waits import wait_until
 
+# Every test here runs for sync handlers on the thread worker and async ones on the async
+# worker (see tests/async_handlers.py).
+pytestmark = pytest.mark.usefixtures("handlers")
+
 
 @attrs.frozen
 class EdgeJob:

@@ -35,6 +35,10 @@ from tests.claims import ClaimLog
 from tests.conftest import POSTGRES_BACKENDS
 from tests.waits import wait_until
 
+# Every test here runs for sync handlers on the thread worker and async ones on the async
+# worker (see tests/async_handlers.py).
+pytestmark = pytest.mark.usefixtures("handlers")
+
 FAST = dict(poll_interval=0.05, min_poll_interval=0.01)
 
 
@@ -556,8 +560,11 @@ def test_forced_state_wins_over_the_in_flight_handler(store: Store, concurrency:
 def test_start_with_a_key_is_idempotent(store: Store) -> None:
     client = Client(store, [Billing])
     first = client.start(Billing, Invoice(amount=1), key="order-17")
-    again = client.start(Billing, Invoice(amount=999), key="order-17")
+    again = client.start(Billing, Invoice(amount=1), key="order-17")
     assert again == first
+    # The same key with different data is a mistake, not a retry: refused, naming the workflow.
+    with pytest.raises(InvalidOperation, match=str(first)):
+        client.start(Billing, Invoice(amount=999), key="order-17")
     assert row_counts(store, first) == (1, 1)
     assert client.get(first).state == Invoice(amount=1)  # the second start changed nothing
 

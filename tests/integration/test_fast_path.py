@@ -40,15 +40,22 @@ def finishing(row: Any) -> Change:
 def test_fast_path_sends_what_sqlalchemy_sends(
         store: Store, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     prepared: list[tuple[Any, dict[str, Any], tuple[str, dict[str, Any]]]] = []
-    real_prepare = FastPath.prepare
+    real_execute = FastPath.execute
 
-    def spy(self: FastPath, key: Any, stmt: Any, params: dict[str, Any]
-            ) -> tuple[str, dict[str, Any]]:
-        out = real_prepare(self, key, stmt, params)
-        prepared.append((stmt, dict(params), out))
-        return out
+    def spy(self: FastPath, key: Any, stmt: Any, params: dict[str, Any], **kw: Any) -> Any:
+        sql, values = self.prepare(key, stmt, params)
+        plan = self.plan(key, stmt)
+        # What is sent: the same SQL with $n parameters, the n-th name's value as $n.
+        named = plan.positional.replace("%", "%%")
+        for n in range(len(plan.names), 0, -1):  # $12 before $1
+            named = named.replace(f"${n}", f"%({plan.names[n - 1]})s")
+        assert named == sql
+        assert list(comparable(dict(enumerate(plan.sequence(params)))).values()) == \
+            [comparable(values)[n] for n in plan.names]
+        prepared.append((stmt, dict(params), (sql, values)))
+        return real_execute(self, key, stmt, params, **kw)
 
-    monkeypatch.setattr(FastPath, "prepare", spy)
+    monkeypatch.setattr(FastPath, "execute", spy)
     assert store.sql._db.fast_ok()
     store.sql.insert_workflow(machine="fast_m", state="Start", data={"n": 1})
     [row] = store.sql.claim(owner="w1", machines=["fast_m"], limit=5, lease=30)
@@ -106,12 +113,12 @@ def test_a_serialization_failure_keeps_the_fast_path_connection(
     url = make_url(db_url).update_query_dict({"application_name": name})
     store = Store(url.render_as_string(hide_password=False), pool_size=1)
     used: list[int] = []
-    real_execute = FastPath.execute
+    real_connection = FastPath._connection
 
-    def spy(self: FastPath, *args: Any, **kwargs: Any) -> Any:
-        with self.engine.connect() as conn:  # the same (only) pooled connection
-            used.append(conn.connection.driver_connection.info.backend_pid)  # type: ignore
-        return real_execute(self, *args, **kwargs)
+    def spy(self: FastPath) -> Any:
+        held = real_connection(self)
+        used.append(held.raw.driver_connection.info.backend_pid)  # type: ignore[union-attr]
+        return held
 
     try:
         with store.connect() as conn:
@@ -121,7 +128,7 @@ def test_a_serialization_failure_keeps_the_fast_path_connection(
         store.sql.insert_workflow(machine="fast_m", state="Start", data={})
         [row] = store.sql.claim(owner="w1", machines=["fast_m"], limit=1, lease=30)
         before = backend_pids(store, name)
-        monkeypatch.setattr(FastPath, "execute", spy)
+        monkeypatch.setattr(FastPath, "_connection", spy)
         assert store.sql.commit(finishing(row)) == Committed(2, None)
         with store.connect() as conn:
             calls = conn.execute(text("SELECT last_value FROM sm_test_fast_calls")).scalar_one()

@@ -9,6 +9,7 @@ certainly started within any one second, rather than trusting the engine's own b
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 
 import attrs
+import psycopg
 import pytest
 from sqlalchemy import select
 
@@ -29,10 +31,17 @@ from statemachine import (
     RetryAfter,
     RetryPolicy,
     Store,
+    StoreError,
     Worker,
     step,
 )
 from statemachine._schema import limit_slots
+from statemachine.testing import FakeClock
+from tests.waits import wait_until
+
+# Every test here runs for sync handlers on the thread worker and async ones on the async
+# worker (see tests/async_handlers.py).
+pytestmark = pytest.mark.usefixtures("handlers")
 
 
 class Recorder:
@@ -262,19 +271,16 @@ class Guarded(Machine):
 # -- 5. concurrency and rate under eight worker threads ------------------------------------------
 
 
+# Sync only: the recorder ties a grant to the handler run by the same thread (a thread-local),
+# and an asyncified handler's body runs in another thread than the grant.
+@pytest.mark.parametrize("handlers", ["sync"], indirect=True)
 def test_concurrency_and_rate_hold_under_eight_threads(store: Store) -> None:
     rec = Recorder()
     rec.watch_grants(store)
     rec.meet(4, "api")  # the first four wait for each other: all of API's slots are used
-    client = Client(store, [RateLimited, Unlimited])
-    with Worker(store, [RateLimited(rec), Unlimited(rec)], concurrency=8, poll_interval=0.05):
-        t0 = time.monotonic()
-        # The limited batch first: claims go oldest first, so a worker that waited for limits in
-        # its threads would run the unlimited batch only after (nearly) all of the limited one.
+    client = Client(store, [RateLimited])
+    with Worker(store, [RateLimited(rec)], concurrency=8, poll_interval=0.05):
         limited = client.start_many(RateLimited, [Call(i) for i in range(LIMITED)])
-        quick = client.start_many(Unlimited, [Quick(i) for i in range(20)])
-        assert all(client.wait(wid, timeout=60).status == "done" for wid in quick)
-        quick_done = time.monotonic() - t0
         assert all(client.wait(wid, timeout=60).status == "done" for wid in limited)
 
     runs = rec.intervals("api")
@@ -298,17 +304,88 @@ def test_concurrency_and_rate_hold_under_eight_threads(store: Store) -> None:
     starts = sorted(hi for _, hi in brackets)
     assert starts[20] - min(lo for lo, _ in brackets) >= 2.0
 
-    # The limited workflows waited in the database, not in worker threads: the unlimited ones,
-    # started just after them on the same worker, were all done before the 21st of them had
-    # even started (2 s after the first at the very least). Had waiting workflows held threads,
-    # the unlimited ones would only have been claimed once all 24 limited ones were, i.e. after
-    # the 16th had finished.
-    last_quick = max(e for _, e in rec.intervals("quick"))
-    assert last_quick < starts[20], (quick_done, [round(t - t0, 2) for t in starts])
+    # (That the limited workflows waited in the database, not in worker threads, the next test
+    # shows with the clock standing still.)
     # Waiting for the limit counted no attempt and wrote no history.
     for wid in limited[:10]:
         assert [(h.kind, h.attempt) for h in client.history(wid)] == [
             ("start", 0), ("transition", 1)]
+
+
+class RateOnly(Machine):
+    """Ten starts a second, no concurrency limit: a workflow held back waits for the rate only."""
+
+    initial = Call
+    terminal = (Called,)
+
+    def __init__(self, rec: Recorder | None = None) -> None:
+        self.rec = rec or Recorder()
+
+    @step(limit=Limit(key="rate-only", per_second=10))
+    def call(self, state: Call, ctx: Context) -> Called:
+        self.rec.run("rated", 0.0)
+        return Called(state.i)
+
+
+def test_workflows_held_back_by_a_rate_wait_in_the_database_not_in_threads(db_url: str) -> None:
+    # The fake clock stands still: only the first window's 10 rated workflows can start, the
+    # other 14 wait for a second that never comes until the test moves the clock. Had they waited
+    # in the worker's 8 threads, the unlimited workflows started after them would never be claimed.
+    clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+    store = Store(db_url, clock=clock)
+    rec = Recorder()
+    client = Client(store, [RateOnly, Unlimited])
+
+    def done() -> int:
+        return sum(client.get(w).status == "done" for w in rated)
+
+    try:
+        with Worker(store, [RateOnly(rec), Unlimited(rec)], concurrency=8, poll_interval=0.05):
+            rated = client.start_many(RateOnly, [Call(i) for i in range(LIMITED)])
+            quick = client.start_many(Unlimited, [Quick(i) for i in range(20)])
+            assert all(client.wait(wid, timeout=60).status == "done" for wid in quick)
+            assert len(rec.intervals("rated")) <= 10
+            # The others wait in the database, ready (due after the window), in no thread.
+            wait_until(lambda: sorted(client.get(w).status for w in rated) == [
+                "done"] * 10 + ["ready"] * (LIMITED - 10), "the first window's ten done, the "
+                "rest waiting", describe=lambda: [client.get(w).status for w in rated])
+            for started in (20, LIMITED):
+                clock.advance(1.1)  # the window's second, and the little jitter of a deferral
+                wait_until(lambda n=started: done() == n, f"{started} rated workflows done",
+                           describe=done)
+            assert len(rec.intervals("rated")) == LIMITED
+    finally:
+        store.dispose()
+
+
+def test_a_limit_still_contended_after_every_retry_gives_the_workflow_back(
+    store: Store, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The take of a start token lost every retry to other takers (a StoreError caused by a
+    # serialization failure): nothing ran, so the workflow waits a moment in the database and
+    # tries again, instead of staying held (and stuck) until its lease expires.
+    rec = Recorder()
+    inner = store.sql.take_start
+    refused = [0]
+
+    def take_start(key: str, count: int, window: float) -> float:
+        if refused[0] < 2:
+            refused[0] += 1
+            raise StoreError("database error: could not serialize access",
+                             sqlstate="40001") from psycopg.errors.SerializationFailure("40001")
+        return inner(key, count, window)
+
+    store.sql.take_start = take_start  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="statemachine")
+    client = Client(store, [RateOnly])
+    with Worker(store, [RateOnly(rec)], poll_interval=0.05, lease=3600):
+        wid = client.start(RateOnly, Call(1))
+        assert client.wait(wid, timeout=60).status == "done"
+    assert refused == [2]
+    assert len(rec.intervals("rated")) == 1
+    assert [(h.kind, h.attempt) for h in client.history(wid)] == [("start", 0), ("transition", 1)]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert sum("still contended" in r.getMessage() for r in caplog.records) == 2
 
 
 # -- 6. a key per account ------------------------------------------------------------------------

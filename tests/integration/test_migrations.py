@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import select, text
 
 from statemachine import Store
-from statemachine._migrate import migration_files, migration_statements
+from statemachine._migrate import migration_family, migration_files, migration_statements
 from statemachine._schema import migrations_table
-from tests.conftest import _drop_schema, _pg_schema_url
+from tests.conftest import _drop_schema, backend_schema_url
 from tests.integration.test_store import assert_schema_matches
 
 STATEMACHINE = Path(sys.executable).parent / "statemachine"
@@ -32,7 +32,7 @@ def empty_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest,
         yield f"sqlite:///{tmp_path / f'{name}.db'}"
         return
     database = request.getfixturevalue("pg_database")
-    url, schema = _pg_schema_url(database, serializable=backend == "postgres-serializable")
+    url, schema = backend_schema_url(database, backend)
     try:
         yield url.render_as_string(hide_password=False)
     finally:
@@ -55,7 +55,7 @@ def test_four_concurrent_migrate_processes_all_succeed(
         assert [p.returncode for p in procs] == [0] * 4, "\n".join(outputs)
         store = Store(url)
         try:
-            versions = [v for v, _ in migration_files(store.dialect)]
+            versions = [v for v, _ in migration_files(migration_family(store))]
             assert recorded_versions(store) == versions  # each version recorded once
             assert_schema_matches(store)
             # Between them, the processes recorded every version exactly once.
@@ -102,16 +102,27 @@ def test_a_migration_interrupted_after_any_statement_is_completed_by_migrate(
                 store.dispose()
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
-def test_every_migration_statement_is_idempotent_ddl(dialect: str) -> None:
-    for version, path in migration_files(dialect):
+@pytest.mark.parametrize("family", ["sqlite", "postgresql", "cockroachdb"])
+def test_every_migration_statement_is_idempotent_ddl(family: str) -> None:
+    for version, path in migration_files(family):
         for statement in migration_statements(path.read_text()):
             head = " ".join(statement.split()[:8]).upper()
-            assert re.match(r"(CREATE (UNIQUE )?(TABLE|INDEX)|ALTER TABLE)", head), (
+            assert re.match(r"(CREATE (UNIQUE )?(TABLE|INDEX)|ALTER TABLE|DROP INDEX)", head), (
                 f"{version}: only DDL belongs in a migration: {statement}")
-            if head.startswith("CREATE"):
-                assert "IF NOT EXISTS" in head, f"{version}: {statement}"
-            elif dialect == "postgresql":
-                assert "ADD COLUMN IF NOT EXISTS" in head, f"{version}: {statement}"
-            else:  # SQLite cannot say it: the migrator looks the column up first
+            if head.startswith(("CREATE", "DROP")):
+                assert re.match(r"(CREATE (UNIQUE )?(TABLE|INDEX)|DROP INDEX) IF (NOT )?EXISTS",
+                                head), f"{version}: {statement}"
+            elif " SET (" in statement:  # CockroachDB storage parameters: setting them is
+                assert family == "cockroachdb", statement  # idempotent by itself
+            elif family == "sqlite":  # SQLite cannot say it: the migrator looks the column up
                 assert "ADD COLUMN" in head, f"{version}: {statement}"
+            else:
+                assert re.search(r"ADD (COLUMN|CONSTRAINT) IF NOT EXISTS", head), (
+                    f"{version}: {statement}")
+
+
+def test_every_family_has_the_same_versions() -> None:
+    """A version means the same tables everywhere: every family has every numbered file."""
+    versions = {family: [v for v, _ in migration_files(family)]
+                for family in ("sqlite", "postgresql", "cockroachdb")}
+    assert versions["sqlite"] == versions["postgresql"] == versions["cockroachdb"], versions

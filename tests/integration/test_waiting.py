@@ -55,7 +55,12 @@ from statemachine._definition import (
 from statemachine._schema import events, workflows
 from statemachine.testing import FakeClock
 from tests.claims import ClaimLog
+from tests.conftest import SERIALIZABLE_BACKENDS
 from tests.waits import wait_until
+
+# Every test here runs for sync handlers on the thread worker and async ones on the async
+# worker (see tests/async_handlers.py).
+pytestmark = pytest.mark.usefixtures("handlers")
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST: dict[str, Any] = dict(concurrency=8, poll_interval=0.05)
@@ -939,8 +944,8 @@ def test_an_event_racing_its_timeout_exactly_one_wins(store: Store) -> None:
         else:
             assert info.state_name == "Expired"
             assert (out[0].cause or "").startswith("timeout at ")
-            for row in rows:  # still in the inbox, never handled
-                assert (row.status, row.consumed_version) == ("pending", None)
+            for row in rows:  # never handled: rejected when the workflow ended
+                assert (row.status, row.consumed_version) == ("rejected", None)
                 assert row.created_at >= deadline - slack
         outcome[info.state_name] += 1
     print(f"\nevent vs timeout ({store.dialect}): {dict(outcome)}")
@@ -1030,7 +1035,11 @@ def test_a_real_one_second_timer(store: Store) -> None:
 
 # -- 4. children --------------------------------------------------------------------------------
 
-def test_a_thousand_children_twenty_at_a_time(store: Store, sql: Engine) -> None:
+def test_a_thousand_children_twenty_at_a_time(store: Store, sql: Engine, backend: str) -> None:
+    # At SERIALIZABLE every finishing child's commit conflicts with its siblings' (below): 300
+    # children show that as well as 1,000 do, in a third of the time.
+    n = 300 if backend in SERIALIZABLE_BACKENDS else 1000
+    fail_at = n // 2
     client = Client(store, [Batch, JobRunner])
     tag = new_tag()
     meter = METERS[tag] = Meter()
@@ -1053,7 +1062,7 @@ def test_a_thousand_children_twenty_at_a_time(store: Store, sql: Engine) -> None
     for w in workers:
         w.start()
     try:
-        wid = client.start(Batch, FanningOut(tag, n=1000, fail_at=500))
+        wid = client.start(Batch, FanningOut(tag, n=n, fail_at=fail_at))
         sampler = threading.Thread(target=sample, args=(wid,))
         sampler.start()
         info = client.wait(wid, timeout=90)
@@ -1064,7 +1073,7 @@ def test_a_thousand_children_twenty_at_a_time(store: Store, sql: Engine) -> None
     took = time.monotonic() - t0
     sampler.join(5)
     assert not sampler_errors, sampler_errors
-    print(f"\n1,000 children (max_running=20) took {took:.1f} s on {store.dialect}; "
+    print(f"\n{n:,} children (max_running=20) took {took:.1f} s on {store.dialect}; "
           f"at once: max {meter.max} handlers in process, max {max(samples)} running in the "
           f"database over {len(samples)} samples")
 
@@ -1073,26 +1082,26 @@ def test_a_thousand_children_twenty_at_a_time(store: Store, sql: Engine) -> None
     # keeps retrying a contended commit while its lease protects the row, so no finished child's
     # result is thrown away and re-run (which this job's single attempt would turn into a park).
     lost = [(c.data["i"], c.last_error) for c in store.sql.children_of(wid)
-            if c.status == "failed" and c.data["i"] != 500]
-    assert info.state == Collected(tag, ok=999, failed=1), lost[:3]
+            if c.status == "failed" and c.data["i"] != fail_at]
+    assert info.state == Collected(tag, ok=n - 1, failed=1), lost[:3]
     assert meter.max <= 20
     assert samples
     assert max(samples) <= 20
     [(_, started)] = PROBE.calls(tag, "started")
     [(_, results)] = PROBE.calls(tag, "collect")  # the parent's handler ran exactly once
-    assert len(results) == 1000
+    assert len(results) == n
     assert {r.id for r in results} == set(started)
-    assert count_children(store, wid) == 1000
+    assert count_children(store, wid) == n
     by_i = {r.data["i"]: r for r in results}
-    assert sorted(by_i) == list(range(1000))
-    failed = by_i[500]
+    assert sorted(by_i) == list(range(n))
+    failed = by_i[fail_at]
     assert (failed.status, failed.succeeded, failed.state_name) == ("failed", False, "Job")
-    assert "PermanentError: job 500 refuses" in (failed.last_error or "")
-    assert failed.state == Job(tag, 500, 500)
+    assert f"PermanentError: job {fail_at} refuses" in (failed.last_error or "")
+    assert failed.state == Job(tag, fail_at, fail_at)
     for i, r in by_i.items():
-        if i != 500:
+        if i != fail_at:
             assert (r.status, r.state, r.last_error) == ("done", JobDone(tag, i), None)
-    assert sorted(c[1] for c in PROBE.calls(tag, "job")) == list(range(1000))  # each ran once
+    assert sorted(c[1] for c in PROBE.calls(tag, "job")) == list(range(n))  # each ran once
 
 
 def test_queued_children_are_let_go_in_the_order_they_were_started(store: Store) -> None:

@@ -39,14 +39,16 @@ def test_health_of_a_serving_worker(store: Store) -> None:
     with Worker(store, [Bulk()], poll_interval=0.05) as worker:
         wid = client.start(Bulk, P1(n=1))
         client.wait(wid, timeout=30)
-        health = worker.health()
+        # The row is done as soon as the last commit lands; the worker counts it just after.
+        health = wait_until(lambda: (h := worker.health()).transitions == 3 and h,
+                            "the worker to count three transitions",
+                            describe=lambda: worker.health().transitions)
     assert health.serving
     assert health.database_reachable
     assert health.unreachable_since is None
     assert health.last_claim_at is not None
     assert health.consecutive_failures == 0
     assert health.threads == {"sm-claimer": True, "sm-heartbeat": True, "sm-sweeper": True}
-    assert health.transitions == 3
     assert not worker.health().serving  # stopped
 
 

@@ -27,8 +27,11 @@ from statemachine import (
     Context,
     DataError,
     Failure,
+    InvalidDefinition,
     Machine,
     PermanentError,
+    Poll,
+    PollAgain,
     Rerun,
     RetryAfter,
     RetryPolicy,
@@ -38,6 +41,7 @@ from statemachine import (
     on_children,
     on_event,
     on_timeout,
+    poll_again,
     rerun,
     step,
 )
@@ -47,14 +51,17 @@ from statemachine._actions import (
     ChildrenResults,
     Commit,
     CountChildren,
+    DatabaseNow,
     EnteredAt,
     EventSeen,
     PendingEvents,
+    PollingSince,
     Question,
     Raised,
     RecordExternalChange,
     RejectEvent,
     ReleaseChildren,
+    Repoll,
     Returned,
     RunErrorRoute,
     RunHandler,
@@ -382,12 +389,24 @@ def test_a_state_that_does_not_load_is_cancelled_plainly_when_asked() -> None:
     assert (change.kind, change.status, change.cause) == ("cancel", "cancelled", "by ops")
 
 
+def test_a_state_that_does_not_load_parks_naming_the_cancel_route_that_cannot_run() -> None:
+    row = claimed("Charging", cancel_requested="by ops")
+    action, _ = decided(attempt(row, spec=Cancellable.spec, state=None, load_error="data.n: bad"))
+    change = committed(action)
+    assert (change.kind, change.status) == ("parked", "failed")
+    assert "cancel route 'undo' cannot run" in (change.error or "")
+    assert "--skip-compensation" in (change.error or "")
+    assert "data.n: bad" in (change.error or "")
+    assert change.clear_cancel  # the park answers the request
+
+
 def test_a_terminal_state_in_a_runnable_row_is_finished() -> None:
     row = claimed("Confirmed", cancel_requested="too late")
     action, _ = decided(attempt(row, state=Confirmed(order_id="o1", tracking="T")))
     change = committed(action)
     assert (change.kind, change.status, change.to_state) == ("finished", "done", "Confirmed")
-    assert change.clear_cancel
+    # The request is not carried out: left pending for `superseded_cancel` to record.
+    assert not change.clear_cancel
 
 
 def test_a_cancel_request_runs_the_cancel_route_that_handles_the_state() -> None:
@@ -609,9 +628,24 @@ def test_a_timeout_at_a_time_of_the_state() -> None:
     at = NOW + timedelta(hours=1)
     row = claimed("Deadline", {}, machine="WaitsUntil")
     action, asked = decided(attempt(row, WaitsUntil.spec, Deadline(at)))
-    assert asked == []
+    assert asked == [DatabaseNow()]  # the one question: the database's time
     assert isinstance(action, Settle)
     assert action.deadline == at
+
+
+def test_a_deadline_is_decided_on_the_databases_clock_not_the_workers() -> None:
+    at = NOW + timedelta(seconds=1)
+    row = claimed("Deadline", {}, machine="WaitsUntil")
+    # This worker's clock is 400 ms ahead of the deadline; the database's is 400 ms before it.
+    ahead = attrs.evolve(attempt(row, WaitsUntil.spec, Deadline(at)),
+                         now=at + timedelta(milliseconds=400))
+    action, _ = decided(ahead, DatabaseNow=at - timedelta(milliseconds=400))
+    assert action == Settle(row, at, (), None)
+    # And the other way round: a worker behind the database still times out.
+    behind = attrs.evolve(ahead, now=at - timedelta(milliseconds=400))
+    action, _ = decided(behind, DatabaseNow=at + timedelta(milliseconds=400))
+    assert isinstance(action, RunHandler)
+    assert action.handler.kind == "timeout"
 
 
 def test_a_deadline_that_cannot_be_computed_parks() -> None:
@@ -897,6 +931,56 @@ def test_a_change_that_lets_the_lease_go_continues_with_nothing() -> None:
                          Committed(8, None)) is None
 
 
+# -- a cancel request that found the workflow finished -----------------------------------------
+
+
+def test_a_handlers_terminal_state_records_a_pending_cancel_as_superseded() -> None:
+    change = committed(outcome_of(Confirmed(order_id="o1", tracking="T"),
+                                  attempt(claimed("Shipped"), state=Shipped("o1", "T", NOW)),
+                                  Order.spec.steps[Shipped]))
+    assert change.status == "done"
+    assert (change.clear_cancel, change.supersede_cancel) == (False, True)
+    assert not change.simple  # one transaction: the record cannot be lost in a crash
+
+
+def test_a_park_records_a_pending_cancel_as_superseded() -> None:
+    change = committed(decided(attempt(claimed(), state=None, load_error="bad"))[0])
+    assert (change.status, change.supersede_cancel) == ("failed", True)
+
+
+def test_carrying_out_a_cancel_supersedes_nothing() -> None:
+    plain = committed(decided(attempt(claimed(cancel_requested="by ops")))[0])
+    assert (plain.status, plain.clear_cancel, plain.supersede_cancel) == (
+        "cancelled", True, False)
+    row = claimed("Charging", {"n": 0}, cancel_requested="by ops")
+    route = decided(attempt(row, Cancellable.spec, Charging()))[0]
+    assert isinstance(route, RunHandler)
+    done = committed(after_handler(attempt(row, Cancellable.spec, Charging()), route,
+                                   Returned(Undoing()), sticky=False))
+    assert (done.status, done.clear_cancel, done.supersede_cancel) == ("done", True, False)
+
+
+def test_a_change_that_does_not_finish_leaves_a_cancel_request_for_the_next_claim() -> None:
+    change = committed(outcome_of(Charged(order_id="o1", charge_id="c1")))
+    assert (change.status, change.supersede_cancel, change.clear_cancel) == (
+        "ready", False, False)
+
+
+def test_the_superseded_record_says_who_asked_and_what_happened_first() -> None:
+    row = claimed("Shipped")
+    finished = Change.transition(row, "Confirmed", {"order_id": "o1"}, terminal=True,
+                                 worker="w1", started_at=NOW)
+    note = Change.cancel_superseded(finished, 8, "by ops", worker="w1")
+    assert (note.kind, note.version, note.status, note.from_state, note.to_state) == (
+        "cancel_superseded", 8, "done", "Confirmed", "Confirmed")
+    assert (note.expect_status, note.lease_token, note.clear_cancel) == (("done",), None, True)
+    assert note.cause == ("cancel requested (by ops) but superseded: the workflow finished "
+                          "first (done)")
+    parked = Change.parked(row, "boom", worker="w1", started_at=NOW)
+    assert "cancel it again" in (Change.cancel_superseded(parked, 8, "x", worker="w").cause
+                                 or "")
+
+
 # -- unexpected_state_error, describe_failure ---------------------------------------------------
 
 
@@ -1002,3 +1086,178 @@ def test_an_error_route_returning_a_mistyped_state_parks_with_the_failure() -> N
     assert "CardDeclined: declined" in change.error
     assert "'payment_failed' returned a state that does not fit" in change.error
     assert "data.reason" in change.error
+
+
+# -- polling steps -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Booting:
+    server: str = "s1"
+
+
+@attrs.frozen
+class Booted:
+    pass
+
+
+@attrs.frozen
+class NeverBooted:
+    reason: str
+
+
+BOOT_POLL = Poll(every=5, max_every=60, deadline=timedelta(minutes=30), jitter=0)
+
+
+class Boots(Machine):
+    initial = Booting
+    terminal = (Booted, NeverBooted)
+
+    @step(poll=BOOT_POLL)
+    def wait_for_boot(self, state: Booting, ctx: Context) -> Booted | PollAgain:
+        return poll_again()
+
+    @wait_for_boot.on_error
+    def give_up(self, state: Booting, failure: Failure, ctx: Context) -> NeverBooted:
+        return NeverBooted(reason=failure.type)
+
+
+class BootsRecorded(Machine):
+    initial = Booting
+    terminal = (Booted,)
+
+    @step(poll=Poll(every=5, deadline=600, record=True, jitter=0))
+    def wait_for_boot(self, state: Booting, ctx: Context) -> Booted | PollAgain:
+        return poll_again()
+
+
+class BootsBare(Machine):
+    initial = Booting
+    terminal = (Booted,)
+
+    @step(poll=Poll(every=5, deadline=600, jitter=0))
+    def wait_for_boot(self, state: Booting, ctx: Context) -> Booted | PollAgain:
+        return poll_again()
+
+
+def boot_attempt(spec: MachineSpec = Boots.spec, now: datetime = NOW, **fields: Any) -> Attempt:
+    return attempt(claimed("Booting", {"server": "s1"}, machine=spec.name, **fields), spec,
+                   Booting(), now=now)
+
+
+def polled(spec: MachineSpec, entered: datetime, now: datetime, value: object = None) -> Action:
+    """What a poll that returned `value` (default: poll_again()) at `now` leads to."""
+    a = boot_attempt(spec, now)
+    action, asked = decided(a, PollingSince=entered)
+    assert isinstance(action, RunHandler)
+    # The deadline runs from entering the state (or a retry), measured on the database's clock.
+    assert asked == [PollingSince(5), DatabaseNow()]
+    assert action.call.poll_since == entered
+    return after_handler(a, action, Returned(poll_again() if value is None else value),
+                         sticky=False)
+
+
+def test_a_polls_deadline_is_decided_on_the_databases_clock_not_the_workers() -> None:
+    entered = NOW - timedelta(seconds=BOOT_POLL.deadline - 1)
+    # The worker's clock is 2 s ahead (past the deadline); the database's is not.
+    a = boot_attempt(Boots.spec, NOW + timedelta(seconds=2))
+    action, _ = decided(a, PollingSince=entered, DatabaseNow=NOW)
+    assert isinstance(action, RunHandler)
+    assert action.call.poll_now == NOW
+    after = after_handler(a, action, Returned(poll_again()), sticky=False)
+    assert isinstance(after, Repoll), after
+    assert after.after == pytest.approx(1.0)  # the last poll lands on the deadline
+
+
+def test_a_polling_step_learns_when_its_state_was_entered() -> None:
+    action, _ = decided(boot_attempt(), PollingSince=None)
+    assert isinstance(action, RunHandler)
+    assert action.call.poll_since == NOW  # no history row to ask: from now
+
+
+def test_poll_again_polls_later_writing_no_history_row() -> None:
+    action = polled(Boots.spec, NOW, NOW)
+    assert isinstance(action, Repoll)  # not a Commit: no version, no history row
+    assert action.after == 5
+
+
+def test_the_poll_interval_backs_off_up_to_max_every() -> None:
+    # every=5, backoff=2: polls at 0, 5, 15, 35 ... intervals 5, 10, 20, 40, then 60 at most.
+    for elapsed, interval in [(5, 10), (15, 20), (35, 40), (75, 60), (1000, 60)]:
+        action = polled(Boots.spec, NOW, NOW + timedelta(seconds=elapsed))
+        assert isinstance(action, Repoll)
+        assert action.after == interval, elapsed
+
+
+def test_the_last_poll_is_at_the_deadline() -> None:
+    action = polled(Boots.spec, NOW, NOW + timedelta(minutes=29, seconds=50))
+    assert isinstance(action, Repoll)
+    assert action.after == 10  # not 60: the deadline comes first
+
+
+def test_poll_again_after_the_deadline_fails_the_step_for_good() -> None:
+    action = polled(Boots.spec, NOW, NOW + timedelta(minutes=30))
+    assert isinstance(action, RunErrorRoute)
+    assert (action.failure.type, action.failure.permanent) == ("PollDeadline", True)
+    assert "did not hold within 0:30:00" in action.failure.message
+
+
+def test_a_poll_past_its_deadline_without_error_route_is_parked() -> None:
+    change = committed(polled(BootsBare.spec, NOW, NOW + timedelta(hours=1)))
+    assert (change.kind, change.status) == ("parked", "failed")
+    assert "PollDeadline" in (change.error or "")
+
+
+def test_a_poll_whose_condition_holds_moves_on() -> None:
+    change = committed(polled(Boots.spec, NOW, NOW + timedelta(minutes=40), Booted()))
+    assert (change.kind, change.to_state, change.status) == ("transition", "Booted", "done")
+
+
+def test_a_recorded_poll_commits_a_history_row_with_fresh_attempts() -> None:
+    change = committed(polled(BootsRecorded.spec, NOW, NOW + timedelta(seconds=5)))
+    assert (change.kind, change.to_state, change.status) == ("polled", "Booting", "ready")
+    assert (change.new_state, change.reset_attempts, change.count_poll) == (False, True, True)
+    assert change.wake_after == 10
+
+
+def test_a_failing_poll_is_retried_by_its_retry_policy() -> None:
+    a = boot_attempt(BootsBare.spec)
+    action, _ = decided(a, PollingSince=NOW)
+    assert isinstance(action, RunHandler)
+    after = after_handler(a, action, Raised(raised(ConnectionError("refused"))), sticky=False)
+    assert committed(after).kind == "failed_attempt"
+
+
+def test_poll_options_are_checked_at_import() -> None:
+    for bad, says in [(dict(every=0, deadline=10), "every must be > 0"),
+                      (dict(every=5, deadline=0), "deadline must be > 0"),
+                      (dict(every=60, deadline=30), "shorter than its first interval"),
+                      (dict(every=5, deadline=60, max_every=1), "max_every"),
+                      (dict(every=5, deadline=60, backoff=0.5), "backoff must be >= 1"),
+                      (dict(every=5, deadline=60, jitter=1), "jitter"),
+                      (dict(every="5", deadline=60), "expected seconds or a timedelta")]:
+        with pytest.raises(InvalidDefinition, match=says):
+            Poll(**bad)  # type: ignore[arg-type]
+
+
+def test_a_polling_step_must_declare_poll_again_and_the_other_way_round() -> None:
+    with pytest.raises(InvalidDefinition, match="does not include PollAgain"):
+        class NoPollAgain(Machine):
+            initial = Booting
+            terminal = (Booted,)
+
+            @step(poll=Poll(every=5, deadline=60))
+            def wait_for_boot(self, state: Booting, ctx: Context) -> Booted:
+                return Booted()
+
+    with pytest.raises(InvalidDefinition, match="has no poll=Poll"):
+        class NoPoll(Machine):
+            initial = Booting
+            terminal = (Booted,)
+
+            @step
+            def wait_for_boot(self, state: Booting, ctx: Context) -> Booted | PollAgain:
+                return Booted()
+
+    with pytest.raises(InvalidDefinition, match="cannot be at_most_once"):
+        step(poll=Poll(every=5, deadline=60), at_most_once=True)

@@ -1,4 +1,4 @@
-"""Helpers for testing workflows: a clock you move by hand.
+"""`FakeClock`: a clock you move by hand.
 
     clock = FakeClock()
     store = Store("sqlite:///test.db", clock=clock)
@@ -12,14 +12,20 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 __all__ = ["FakeClock"]
 
 
 class FakeClock:
     """A clock that stands still until `advance` or `set` moves it. Give it to `Store(clock=...)`:
-    timers, timeouts, leases and `ctx.now()` all read it, on every backend."""
+    timers, timeouts, leases and `ctx.now()` all read it, on every backend.
+
+    It is a *simulated* clock: where the engine otherwise insists on the database's own clock
+    (rate-limit windows, which one writer's skewed clock must not move), a `FakeClock` is used
+    instead, since every writer of a test shares it."""
+
+    simulated = True
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2030, 1, 1, tzinfo=UTC)
@@ -32,9 +38,17 @@ class FakeClock:
         with self._lock:
             return self._now
 
-    def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
-        """Move forward by `delta` or by timedelta keywords (``days=3``); wakes workers."""
-        step = delta if delta is not None else timedelta(**kwargs)
+    def advance(self, delta: timedelta | float | None = None, **kwargs: float) -> datetime:
+        """Move forward by `delta` (a timedelta, or seconds) or by timedelta keywords
+        (``days=3``); wakes workers."""
+        if isinstance(delta, bool) or not isinstance(delta, timedelta | int | float | None):
+            raise InvalidArgument(
+                f"advance({delta!r}): give a timedelta, seconds, or keywords such as days=3")
+        if delta is not None and kwargs:
+            raise InvalidArgument(f"advance({delta!r}, {kwargs}): give a delta or keywords, "
+                                  "not both")
+        step = (delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
+                if delta is not None else timedelta(**kwargs))
         if step < timedelta(0):
             raise InvalidArgument(f"advance({step!r}): a clock does not go backwards")
         with self._lock:
