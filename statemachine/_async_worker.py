@@ -11,7 +11,7 @@ task ends, the turn goes on in the pool. So a thousand handlers awaiting HTTP ca
 thousand tasks and a few threads, and the loop never waits on the database.
 
 The hand-offs are plain callbacks (`_Run`): a pool thread schedules the handler's task on the
-loop, the task's done-callback submits the rest of the turn to the pool. A row whose run ends
+loop, and the task's last step submits the rest of the turn to the pool. A row whose run ends
 takes its next row in the same pool thread (one claim, as a thread worker's thread does), so a
 busy worker goes from row to row without passing through the claimer or the loop; when many end
 together, the claimer claims for them at once.
@@ -292,10 +292,7 @@ class AsyncWorker:
         await asyncio.to_thread(self._core.stop, grace)
         with self._core._lock:
             left = [run for run in self._runs.values() if not run.done.done()]
-        self._cancelling = True
-        for run in left:
-            if run.task is not None:
-                run.task.cancel()
+        self._cancel(left)
         if left:
             await asyncio.wait([asyncio.wrap_future(run.done) for run in left], timeout=5.0)
         if self._pool is not None:
@@ -404,26 +401,42 @@ class AsyncWorker:
         if self._cancelling:  # stopped past the grace: its workflow was given back
             self._to_pool(self._abandon, run)
             return
+        run.task = self.loop.create_task(self._call(run, call))
+
+    async def _call(self, run: _Run, call: HandlerCall) -> None:
+        """The handler's task: await the handler, then hand the turn back to the pool (from
+        the task's last step, not a done-callback: one loop iteration less per call)."""
         try:
-            task = self.loop.create_task(call.fn(*call.args))
-        except Exception as e:  # the call itself raised: the turn reacts as to a handler error
+            value = await call.fn(*call.args)
+        except asyncio.CancelledError:  # at shutdown, past the grace: ended as a crash would
+            run.task = None
+            self._to_pool(self._abandon, run)
+            raise
+        except Exception as e:  # the turn reacts as to a handler's error
+            run.task = None
             self._to_pool(self._in_pool, run, None, e)
             return
-        run.task = task
-        task.add_done_callback(functools.partial(self._call_done, run))
-
-    def _call_done(self, run: _Run, task: asyncio.Task[Any]) -> None:
-        """On the loop: the handler's task ended; the turn goes on in the pool."""
-        run.task = None
-        if task.cancelled():  # at shutdown, past the grace: end it uncommitted, as a crash would
+        except BaseException:  # a SystemExit or KeyboardInterrupt: not a result to commit
+            run.task = None
             self._to_pool(self._abandon, run)
-            return
-        error = task.exception()
-        if error is None:
-            self._to_pool(self._in_pool, run, task.result(), None)
-        elif isinstance(error, Exception):
-            self._to_pool(self._in_pool, run, None, error)
-        else:  # a SystemExit or KeyboardInterrupt in a handler: not a result to commit
+            raise
+        run.task = None
+        self._to_pool(self._in_pool, run, value, None)
+
+    def _cancel(self, runs: list[_Run]) -> None:
+        """On the loop, past the grace: no handler starts any more, and the running ones'
+        tasks are cancelled (each hands its run back to the pool as it ends)."""
+        self._cancelling = True
+        for run in runs:
+            if (task := run.task) is not None:
+                task.cancel()
+                task.add_done_callback(functools.partial(self._cancelled_early, run))
+
+    def _cancelled_early(self, run: _Run, task: asyncio.Task[Any]) -> None:
+        """On the loop: a handler's task cancelled at shutdown before its first step never
+        entered `_call`, so nothing handed its run back: do it here."""
+        if run.task is task:
+            run.task = None
             self._to_pool(self._abandon, run)
 
     def _abandon(self, run: _Run) -> None:

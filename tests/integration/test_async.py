@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import attrs
 import pytest
@@ -484,3 +485,33 @@ def test_the_test_harness_runs_async_handlers(db_url: str) -> None:
             assert h.state(wid) == Four(3)
     finally:
         store.dispose()
+
+
+def test_a_handler_cancelled_before_its_first_step_still_ends_its_run(store: Store) -> None:
+    """Past the grace, a handler's task may be cancelled before it ever ran (created on the
+    loop, its first step not yet taken): its body never runs, so the run is ended for it."""
+    from statemachine._async_worker import _Run
+    from statemachine._runner import HandlerCall
+
+    entered = []
+
+    async def handler() -> None:
+        entered.append(True)
+
+    async def scenario() -> None:
+        worker = AsyncWorker(store, [Waiting()], concurrency=1, **FAST)
+        await worker.start()
+        try:
+            run = _Run(SimpleNamespace(id=uuid.uuid4()))  # type: ignore[arg-type]  # only its id is read
+            worker._start_call(run, HandlerCall(handler, (), True))
+            assert run.task is not None
+            worker._cancel([run])  # in the same loop callback: the task has not started
+            await asyncio.wait([asyncio.wrap_future(run.done)], timeout=30)
+        finally:
+            await worker.stop()
+        assert run.done.cancelled()
+        assert run.task is None
+        assert entered == []
+
+    asyncio.run(scenario())
+
