@@ -162,14 +162,18 @@ def _plan_text(conn: psycopg.Connection[Any], statement: str, params: Any) -> st
 
 def _table_stats(url: str) -> dict[str, Any]:
     with connect(url) as conn:
-        dead, live = conn.execute(
-            "SELECT n_dead_tup, n_live_tup FROM pg_stat_user_tables "
-            "WHERE relname = 'sm_workflows'").fetchone() or (0, 0)
+        dead, live, autovacuums = conn.execute(
+            "SELECT n_dead_tup, n_live_tup, autovacuum_count FROM pg_stat_user_tables "
+            "WHERE relname = 'sm_workflows'").fetchone() or (0, 0, 0)
+        options = conn.execute(
+            "SELECT coalesce(reloptions, '{}') FROM pg_class "
+            "WHERE relname = 'sm_workflows'").fetchone()[0]  # type: ignore[index]
         due_size = conn.execute(
             "SELECT pg_relation_size('sm_workflows_due')").fetchone()[0]  # type: ignore[index]
         table_size = conn.execute(
             "SELECT pg_relation_size('sm_workflows')").fetchone()[0]  # type: ignore[index]
     return {"dead_tuples": int(dead), "live_tuples": int(live),
+            "autovacuum_runs": int(autovacuums), "table_options": list(options),
             "due_index_bytes": int(due_size), "table_bytes": int(table_size)}
 
 

@@ -83,7 +83,10 @@ def test_claimdecay_smoke(pg_database: URL, tmp_path: Path) -> None:
     results = json.loads(out.read_text())["results"]
     assert results["transitions"] == 1000
     assert results["claims"] > 0
-    assert results["table_after"]["dead_tuples"] > 0  # autovacuum was off: nothing cleaned up
+    # Autovacuum was off, so the dead index entries stay (n_dead_tup itself is not checked: the
+    # server reports it late, and page pruning may bring it back to 0).
+    assert "autovacuum_enabled=false" in results["table_after"]["table_options"]
+    assert results["table_after"]["autovacuum_runs"] == 0
     assert "sm_workflows_due" in results["plans"]["new_end"]
     assert "wake_at >=" in results["plans"]["new_end"]
     assert "wake_at >=" not in results["plans"]["old_end"]
