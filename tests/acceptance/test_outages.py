@@ -138,7 +138,8 @@ def test_a_worker_started_while_the_database_is_down_waits_then_serves(
         wait_until(lambda: _done(cluster) == len(ids), "the waiting worker to finish the work",
                    timeout=120)
         assert worker.poll() is None
-        assert "database is back after" in workers.log("late")
+        wait_until(lambda: "database is back after" in workers.log("late"),
+                   "the worker to say the database is back (its log is written from a queue)")
     assert verify(cluster.dsn, ids).ok
 
 

@@ -253,11 +253,18 @@ def test_a_worker_process_serves_metrics_and_logs_json(
     assert _value(text, "statemachine_handlers_in_flight", machine=name) == 0
     assert f'statemachine_due_workflows{{machine="{name}"}}' in text
 
+    def logged() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        # The worker writes its log from a queue in a thread of its own: the lines may follow
+        # the commits they tell of by a moment.
+        records = [json.loads(line) for line in workers.log("w1").splitlines()
+                   if line.startswith("{")]
+        moves = [r for r in records if r["logger"] == "statemachine.worker.transitions"]
+        mine = [r for r in moves if r["workflow_id"] == str(ok[0])]
+        return (records, mine) if len(mine) == 3 else None
+
+    records, mine = wait_until(logged, "three transitions of the first workflow logged")
     log = workers.log("w1")
     assert SECRET not in log
-    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    moves = [r for r in records if r["logger"] == "statemachine.worker.transitions"]
-    mine = [r for r in moves if r["workflow_id"] == str(ok[0])]
     assert [(r["from_state"], r["to_state"], r["kind"], r["attempt"]) for r in mine] == [
         ("Received", "Received", "failed_attempt", 1), ("Received", "Forwarded", "transition", 2),
         ("Forwarded", "Delivered", "transition", 1)]
@@ -389,11 +396,17 @@ def test_worker_otel_records_spans_with_the_global_tracer_provider(
             return mine if len(mine) == 2 else []
 
         mine = wait_until(spans, "two spans written by the worker")
+
+        def moves() -> list[str]:
+            # Log lines are written from a queue by a thread of their own: they may follow the
+            # commits (and spans) by a moment.
+            lines = [line for line in workers.log("w1").splitlines()
+                     if "statemachine.worker.transitions" in line and f"workflow_id={wid}" in line]
+            return lines if len(lines) == 2 else []
+
+        moved = wait_until(moves, "two transitions logged by the worker")
         log = workers.log("w1")
     # The default text format: the fields after the message, ctx.log's too, redacted.
-    moved = [line for line in log.splitlines()
-             if "statemachine.worker.transitions" in line and f"workflow_id={wid}" in line]
-    assert len(moved) == 2, log
     assert "from_state=Received to_state=Forwarded kind=transition" in moved[0]
     assert f"forwarding with token=[redacted] workflow_id={wid} state=Received" in log
     assert SECRET not in log
