@@ -22,7 +22,6 @@ requests with `status` (503 by default) before doing anything, or after doing it
 from __future__ import annotations
 
 import base64
-import fnmatch
 import hashlib
 import hmac
 import itertools
@@ -33,20 +32,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from machines.checkout import metadata as checkout_tables
+from machines.fakes.server import FakeService, Reply, Request, error
 from tests.procs import ProcessGroup
 from tests.waits import wait_until
 
@@ -55,73 +52,14 @@ ROOT = Path(__file__).resolve().parent.parent
 Response = tuple[int, dict[str, Any]]
 
 
-@dataclass
-class Request:
-    """One request as a service received it."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]  # lower-case names
-    body: dict[str, Any]
-    received_at: float  # when it arrived, by the service's clock (`Service.now`)
-    status: int = 0  # what was answered
-
-    @property
-    def route(self) -> str:
-        return f"{self.method} {self.path}"
-
-    @property
-    def idempotency_key(self) -> str | None:
-        return self.headers.get("idempotency-key")
-
-
-@dataclass
-class Fault:
-    route: str  # fnmatch pattern on "METHOD /path"
-    remaining: int
-    status: int
-    after_effect: bool
-    where: Callable[[Request], bool] | None = None
-
-    def matches(self, request: Request) -> bool:
-        return self.remaining > 0 and fnmatch.fnmatchcase(request.route, self.route) and (
-            self.where is None or self.where(request))
-
-
-class Service:
-    """A JSON service on 127.0.0.1; subclasses implement `handle`."""
-
-    name = "service"
+class Service(FakeService):
+    """A checkout fake: the shared fake server (`machines.fakes.server.FakeService`: requests
+    kept, faults injected), answering in one `handle` method, with a clock a test can move
+    forward (`jump`)."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.requests: list[Request] = []
-        self._faults: list[Fault] = []
+        super().__init__()
         self.skew = 0.0  # seconds the service's clock runs ahead of the machine's (`jump`)
-        service = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                service._serve(self)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _serve
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # quiet: the tests read `requests`
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
-                                        name=self.name, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> None:
-        self._thread.start()
 
     def now(self) -> float:
         """The service's clock: the machine's (``time.time()``) plus whatever `jump` added."""
@@ -133,70 +71,12 @@ class Service:
         with self.lock:
             self.skew += seconds
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-    def fail_next(self, n: int, route: str = "*", *, status: int = 503,
-                  after_effect: bool = False,
-                  where: Callable[[Request], bool] | None = None) -> None:
-        """Answer the next `n` requests matching `route` ("POST /charges", fnmatch) and `where`
-        with `status`: before acting, or after acting when `after_effect` (a lost response)."""
-        with self.lock:
-            self._faults.append(Fault(route, n, status, after_effect, where))
-
-    def received(self, route: str = "*") -> list[Request]:
-        """The requests received so far whose "METHOD /path" matches `route`."""
-        with self.lock:
-            return [r for r in self.requests if fnmatch.fnmatchcase(r.route, route)]
-
     def handle(self, request: Request) -> Response:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    # -- plumbing ----------------------------------------------------------------------------
+    def _dispatch(self, request: Request) -> Reply:
+        return self.handle(request)
 
-    def _serve(self, http: BaseHTTPRequestHandler) -> None:
-        parts = urlsplit(http.path)
-        length = int(http.headers.get("Content-Length") or 0)
-        raw = http.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            body = {"_invalid": raw.decode(errors="replace")}
-        request = Request(method=http.command, path=parts.path, query=parse_qs(parts.query),
-                          headers={k.lower(): v for k, v in http.headers.items()}, body=body,
-                          received_at=self.now())
-        with self.lock:
-            self.requests.append(request)
-            fault = self._take_fault(request)
-            if fault is not None and not fault.after_effect:
-                status, payload = fault.status, {"error": "injected failure"}
-            else:
-                try:
-                    status, payload = self.handle(request)
-                except Exception as e:  # a bug in the fake: say so loudly
-                    status, payload = 500, {"error": f"{type(e).__name__}: {e}"}
-                if fault is not None:
-                    status, payload = fault.status, {"error": "injected failure after effect"}
-            request.status = status
-        data = json.dumps(payload).encode()
-        http.send_response(status)
-        http.send_header("Content-Type", "application/json")
-        http.send_header("Content-Length", str(len(data)))
-        http.end_headers()
-        http.wfile.write(data)
-
-    def _take_fault(self, request: Request) -> Fault | None:
-        for fault in self._faults:
-            if fault.matches(request):
-                fault.remaining -= 1
-                return fault
-        return None
-
-
-def _error(status: int, code: str, **extra: Any) -> Response:
-    return status, {"error": code, **extra}
 
 
 class PaymentService(Service):
@@ -218,10 +98,10 @@ class PaymentService(Service):
             return 200, {"data": [c for c in self.charges.values()
                                   if c["idempotency_key"] in keys]}
         if request.route not in ("POST /charges", "POST /refunds"):
-            return _error(404, "not_found")
+            return error(404, "not_found")
         key = request.idempotency_key
         if not key:
-            return _error(400, "idempotency_key_required")
+            return error(400, "idempotency_key_required")
         replay = self._replies.get((request.route, key))
         if replay is not None:  # same key: the first answer again, nothing done twice
             return replay
@@ -237,15 +117,15 @@ class PaymentService(Service):
                   "status": "failed" if declined else "succeeded", "refunded": False}
         self.charges[charge["id"]] = charge
         if declined:
-            return _error(402, "card_declined", charge=charge["id"])
+            return error(402, "card_declined", charge=charge["id"])
         return 200, charge
 
     def _refund(self, request: Request, key: str) -> Response:
         charge = self.charges.get(request.body.get("charge", ""))
         if charge is None or charge["status"] != "succeeded":
-            return _error(404, "no_such_charge")
+            return error(404, "no_such_charge")
         if charge["refunded"]:
-            return _error(400, "charge_already_refunded")
+            return error(400, "charge_already_refunded")
         charge["refunded"] = True
         refund = {"id": f"re_{next(self._ids):04d}", "charge": charge["id"],
                   "amount": charge["amount"], "idempotency_key": key}
@@ -314,20 +194,20 @@ class StockService(Service):
                 and parts[2] == "release":
             reservation = self.reservations.get(parts[1])
             if reservation is None:
-                return _error(404, "no_such_reservation")
+                return error(404, "no_such_reservation")
             if not reservation["released"]:  # releasing twice gives nothing back twice
                 reservation["released"] = True
                 for sku, quantity in reservation["items"].items():
                     self.stock[sku] = self.stock.get(sku, 0) + quantity
             return 200, reservation
-        return _error(404, "not_found")
+        return error(404, "not_found")
 
     def _reserve(self, body: dict[str, Any]) -> Response:
         items: dict[str, int] = body["items"]
         missing = {s: q - self.stock.get(s, 0) for s, q in items.items()
                    if self.stock.get(s, 0) < q}
         if missing:
-            return _error(409, "out_of_stock", missing=missing)
+            return error(409, "out_of_stock", missing=missing)
         for sku, quantity in items.items():
             self.stock[sku] -= quantity
         reservation = {"id": f"rsv_{next(self._ids):04d}", "order_id": body["order_id"],
@@ -374,12 +254,12 @@ class SubscriptionService(Service):
             claims, why = self._verify(request.headers.get("authorization", ""))
             if claims is None:
                 self.rejected.append(why)
-                return _error(401, why)
+                return error(401, why)
             key = request.idempotency_key or secrets.token_hex(8)
             if key not in self._by_key:
                 self._by_key[key] = self._extend(parts[1], request.body, claims)
             return self._by_key[key]
-        return _error(404, "not_found")
+        return error(404, "not_found")
 
     def _issue(self, client_id: str) -> dict[str, Any]:
         now = self.now()
@@ -407,7 +287,7 @@ class SubscriptionService(Service):
 
     def _extend(self, customer: str, body: dict[str, Any], claims: dict[str, Any]) -> Response:
         if customer in self.closed:
-            return _error(422, "subscription_closed", customer=customer)
+            return error(422, "subscription_closed", customer=customer)
         self.paid_months[customer] = self.paid_months.get(customer, 0) + int(body["months"])
         self.accepted.append(claims)
         return 200, {"customer": customer, "order_id": body["order_id"],
@@ -436,7 +316,7 @@ class NotificationService(Service):
             entry = {"order_id": request.body["order_id"], "received_at": request.received_at}
             self.sent.append(entry)
             return 200, entry
-        return _error(404, "not_found")
+        return error(404, "not_found")
 
 
 @dataclass

@@ -80,7 +80,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-case names
     body: Any  # the decoded JSON body ({} when there was none)
-    received_at: float  # time.time() when it arrived
+    received_at: float  # when it arrived, by the service's clock (`FakeService.now`)
     status: int = 0  # what was answered (0: nothing, the connection was dropped)
 
     @property
@@ -229,6 +229,11 @@ class FakeService:
         with self.lock:
             return [r for r in self.requests if fnmatch.fnmatchcase(r.route, route)]
 
+    def now(self) -> float:
+        """The service's clock, stamped on each request (`Request.received_at`):
+        ``time.time()``; a fake whose clock a test moves overrides it."""
+        return time.time()
+
     def snapshot(self) -> dict[str, Any]:
         """What ``GET /_fake/state`` shows a person watching: override to add counters."""
         return {}
@@ -316,7 +321,7 @@ class FakeService:
             body = {"_invalid_json": raw.decode(errors="replace")}
         request = Request(method=http.command, path=parts.path, query=parse_qs(parts.query),
                           headers={k.lower(): v for k, v in http.headers.items()}, body=body,
-                          received_at=time.time())
+                          received_at=self.now())
         answer = self._answer(request)
         if answer.delay:
             time.sleep(answer.delay)  # outside the lock: other requests go on
