@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
 from statemachine import Store
+from statemachine.testing import FakeClock
 from tests import sqllint
 
 settings.register_profile("fast", max_examples=30, deadline=None)
@@ -149,6 +150,20 @@ def store(db_url: str) -> Iterator[Store]:
     s = Store(db_url)
     yield s
     s.dispose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The test's time (a module that needs another start overrides this fixture)."""
+    return FakeClock()
+
+
+@pytest.fixture
+def faked(db_url: str, clock: FakeClock) -> Iterator[Store]:
+    """A store on the test's database whose time is `clock`."""
+    store = Store(db_url, clock=clock)
+    yield store
+    store.dispose()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

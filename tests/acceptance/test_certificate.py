@@ -43,22 +43,7 @@ DOMAIN = "shop.example.com"
 FAST: dict[str, Any] = dict(concurrency=4, poll_interval=0.05)
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
-
-@pytest.fixture
-def faked(db_url: str, clock: FakeClock) -> Iterator[Store]:
-    store = Store(db_url, clock=clock)
-    yield store
-    store.dispose()
-
-
-@pytest.fixture
-def cloudflare() -> Iterator[CloudflareService]:
-    with CloudflareService() as service:
-        yield service
 
 
 def txt_of(cloudflare: CloudflareService) -> Any:

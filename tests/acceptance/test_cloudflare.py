@@ -6,7 +6,6 @@ worker with a fake clock, on SQLite and PostgreSQL, and a worker SIGKILLed right
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +38,7 @@ FAST: dict[str, Any] = dict(concurrency=4, poll_interval=0.05)
 SCRIPT = "export default { fetch() { return new Response('hello'); } };"
 
 
-@pytest.fixture
-def cloudflare() -> Iterator[CloudflareService]:
-    with CloudflareService() as service:
-        yield service
 
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def faked(db_url: str, clock: FakeClock) -> Iterator[Store]:
-    store = Store(db_url, clock=clock)
-    yield store
-    store.dispose()
 
 
 def run(store: Store, clock: FakeClock, machine: Machine,

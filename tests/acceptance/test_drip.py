@@ -49,12 +49,6 @@ def clock_fixture() -> FakeClock:
     return FakeClock(datetime(2030, 3, 1, 9, 0, tzinfo=UTC))
 
 
-@pytest.fixture(name="faked")
-def faked_fixture(db_url: str, clock: FakeClock) -> Iterator[Store]:
-    store = Store(db_url, clock=clock)
-    yield store
-    store.dispose()
-
 
 def sent_once(mail: MailService) -> None:
     assert set(mail.sends_per_key.values()) <= {1}

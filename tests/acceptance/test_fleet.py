@@ -51,12 +51,6 @@ def clock_fixture() -> FakeClock:
     return FakeClock(datetime(2030, 5, 1, 12, 0, tzinfo=UTC))
 
 
-@pytest.fixture(name="faked")
-def faked_fixture(db_url: str, clock: FakeClock) -> Iterator[Store]:
-    store = Store(db_url, clock=clock)
-    yield store
-    store.dispose()
-
 
 def workers_for(cloud: CloudService) -> list[Any]:
     return [Fleet(cloud.url), ProvisionServer(cloud.url), TeardownServer(cloud.url)]

@@ -49,11 +49,6 @@ def cloud() -> Iterator[HcloudService]:
         yield service
 
 
-@pytest.fixture
-def cloudflare() -> Iterator[CloudflareService]:
-    with CloudflareService() as service:
-        yield service
-
 
 def machine(cloud: HcloudService, cloudflare: CloudflareService, *,
             cf_token: str = "test-token") -> Provisioning:
@@ -62,16 +57,6 @@ def machine(cloud: HcloudService, cloudflare: CloudflareService, *,
                         domain=DOMAIN, health_url=cloud.url + "/_health/{name}")
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def faked(db_url: str, clock: FakeClock) -> Iterator[Store]:
-    store = Store(db_url, clock=clock)
-    yield store
-    store.dispose()
 
 
 def provision(store: Store, clock: FakeClock, m: Provisioning, name: str = "web-1") -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -165,12 +164,6 @@ class Drip(Machine):
 def clock() -> FakeClock:
     return FakeClock(datetime(2030, 3, 1, 9, 0, tzinfo=UTC))
 
-
-@pytest.fixture
-def faked(db_url: str, clock: FakeClock) -> Iterator[Store]:
-    store = Store(db_url, clock=clock)
-    yield store
-    store.dispose()
 
 
 def tag() -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import attrs
@@ -152,44 +151,32 @@ def tree(store: Store, root: uuid.UUID) -> list[uuid.UUID]:
     return [root, *store.transaction(lambda conn: list(conn.execute(stmt).scalars()))]
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def timed(db_url: str, clock: FakeClock) -> Iterator[Store]:
-    store = Store(db_url, clock=clock)
-    yield store
-    store.dispose()
-
-
 def test_finishing_for_good_sets_purge_after_and_nothing_else_does(
-        timed: Store, clock: FakeClock) -> None:
-    client = Client(timed, MACHINES)
+        faked: Store, clock: FakeClock) -> None:
+    client = Client(faked, MACHINES)
     done = client.start(RetChild, Job(1))
     parked = client.start(RetChild, Job(2, fail=True))
     waiting = client.start(RetWaiter, Waiting(3))
     cancelled = client.start(RetWaiter, Waiting(4))
-    with Worker(timed, MACHINES, poll_interval=0.05):
+    with Worker(faked, MACHINES, poll_interval=0.05):
         assert client.wait(done, timeout=WAIT).status == "done"
         finished_at = clock.now()
         assert client.wait(parked, timeout=WAIT).status == "failed"
         wait_until(lambda: client.get(waiting).status == "waiting", "the waiter to wait")
         client.cancel(cancelled)
         assert client.wait(cancelled, timeout=WAIT).status == "cancelled"
-    assert purge_after(timed, done) == finished_at
-    assert purge_after(timed, cancelled) == finished_at
-    assert purge_after(timed, parked) is None  # it waits for a person
-    assert purge_after(timed, waiting) is None
+    assert purge_after(faked, done) == finished_at
+    assert purge_after(faked, cancelled) == finished_at
+    assert purge_after(faked, parked) is None  # it waits for a person
+    assert purge_after(faked, waiting) is None
     client.retry(parked)  # a parked workflow can still be retried: it is all there
     assert client.get(parked).status == "ready"
 
 
 def test_purge_deletes_old_finished_trees_whole_and_keeps_the_rest(
-        timed: Store, clock: FakeClock) -> None:
-    client = Client(timed, MACHINES)
-    with Worker(timed, MACHINES, poll_interval=0.05):
+        faked: Store, clock: FakeClock) -> None:
+    client = Client(faked, MACHINES)
+    with Worker(faked, MACHINES, poll_interval=0.05):
         families = [client.start(RetParent, FanOut(3)) for _ in range(3)]
         single = client.start(RetWaiter, Waiting(0))
         wait_until(lambda: client.get(single).status == "waiting", "the waiter to wait")
@@ -202,15 +189,15 @@ def test_purge_deletes_old_finished_trees_whole_and_keeps_the_rest(
         clock.advance(days=20)
         young = client.start(RetChild, Job(5))
         assert client.wait(young, timeout=WAIT).status == "done"
-    old = [i for f in families for i in tree(timed, f)] + [single]
+    old = [i for f in families for i in tree(faked, f)] + [single]
     assert len(old) == 3 * 4 + 1
-    assert count(timed, events, [single]) == 1
-    history_rows = count(timed, history, old)
-    kept = [*tree(timed, held), parked, young]
+    assert count(faked, events, [single]) == 1
+    history_rows = count(faked, history, old)
+    kept = [*tree(faked, held), parked, young]
 
     clock.advance(days=11)  # the old ones finished 31 days ago, `young` 11 days ago
     seen = []
-    totals = purge(timed, timedelta(days=30), batch_size=2, progress=lambda t: seen.append(
+    totals = purge(faked, timedelta(days=30), batch_size=2, progress=lambda t: seen.append(
         (t.workflows, t.batches)))
     assert (totals.workflows, totals.history, totals.events) == (len(old), history_rows, 1)
     assert totals.kept == 1  # `held`: its child still waits
@@ -218,21 +205,21 @@ def test_purge_deletes_old_finished_trees_whole_and_keeps_the_rest(
     assert seen[-1] == (len(old), totals.batches)
     assert totals.batches >= 3  # 5 top-level workflows past the age, 2 per batch
     for table in (workflows, history, events):
-        assert count(timed, table, old) == 0
-    assert count(timed, workflows, kept) == len(kept)
-    assert count(timed, history, kept) > 0
-    assert purge(timed, timedelta(days=30)).workflows == 0  # nothing left to do
-    assert purge(timed, timedelta(days=5)).workflows == 1  # now `young` is old enough
+        assert count(faked, table, old) == 0
+    assert count(faked, workflows, kept) == len(kept)
+    assert count(faked, history, kept) > 0
+    assert purge(faked, timedelta(days=30)).workflows == 0  # nothing left to do
+    assert purge(faked, timedelta(days=5)).workflows == 1  # now `young` is old enough
 
 
-def test_bad_ages_and_batches_are_refused_naming_the_problem(timed: Store) -> None:
+def test_bad_ages_and_batches_are_refused_naming_the_problem(faked: Store) -> None:
     assert parse_age("30d") == timedelta(days=30)
     assert parse_age("12h") == timedelta(hours=12)
     assert parse_age("1.5w") == timedelta(weeks=1.5)
     with pytest.raises(InvalidArgument, match="'30 days' is not an age: write a number"):
         parse_age("30 days")
     with pytest.raises(InvalidArgument, match="batch_size must be positive"):
-        purge(timed, timedelta(days=1), batch_size=0)
+        purge(faked, timedelta(days=1), batch_size=0)
 
 
 def test_the_purge_command_reports_progress_and_totals(db_url: str) -> None:
@@ -261,15 +248,15 @@ def test_the_purge_command_reports_progress_and_totals(db_url: str) -> None:
 
 @pytest.mark.timeout(300)  # two workers and a starter on a shared, busy machine
 def test_a_worker_purges_continuously_while_others_run_under_load(
-        timed: Store, clock: FakeClock) -> None:
+        faked: Store, clock: FakeClock) -> None:
     """Old trees go in small batches while two workers (one of them purging) run new
     workflows: every new workflow finishes with its history whole, nothing new is deleted."""
-    client = Client(timed, MACHINES)
-    with Worker(timed, MACHINES, poll_interval=0.05, concurrency=4):
+    client = Client(faked, MACHINES)
+    with Worker(faked, MACHINES, poll_interval=0.05, concurrency=4):
         old = [client.start(RetParent, FanOut(2)) for _ in range(20)]
         for wid in old:
             assert client.wait(wid, timeout=WAIT).status == "done"
-    old_ids = [i for root in old for i in tree(timed, root)]
+    old_ids = [i for root in old for i in tree(faked, root)]
     assert len(old_ids) == 60
     clock.advance(days=31)
 
@@ -281,13 +268,13 @@ def test_a_worker_purges_continuously_while_others_run_under_load(
             new.append(client.start(RetParent, FanOut(2)))
             stop.wait(0.01)
 
-    purger = Worker(timed, MACHINES, poll_interval=0.05, purge_older_than=timedelta(days=30),
+    purger = Worker(faked, MACHINES, poll_interval=0.05, purge_older_than=timedelta(days=30),
                     purge_interval=0.2, purge_batch_size=3)
-    with Worker(timed, MACHINES, poll_interval=0.05, concurrency=4), purger:
+    with Worker(faked, MACHINES, poll_interval=0.05, concurrency=4), purger:
         starter = threading.Thread(target=keep_starting)
         starter.start()
         try:
-            wait_until(lambda: count(timed, workflows, old_ids) == 0, "the old trees to go",
+            wait_until(lambda: count(faked, workflows, old_ids) == 0, "the old trees to go",
                        timeout=WAIT * 2)
         finally:
             stop.set()
@@ -297,10 +284,10 @@ def test_a_worker_purges_continuously_while_others_run_under_load(
         during = len(new)
     assert during >= 5, "too few workflows were started during the purge"
     assert {f.status for f in finished} == {"done"}
-    assert count(timed, history, old_ids) == 0
-    new_ids = [i for root in new for i in tree(timed, root)]
+    assert count(faked, history, old_ids) == 0
+    new_ids = [i for root in new for i in tree(faked, root)]
     assert len(new_ids) == 3 * len(new)
     # Each new workflow kept all its history: start, and its transitions.
-    assert count(timed, history, new_ids) >= 2 * len(new_ids)
+    assert count(faked, history, new_ids) >= 2 * len(new_ids)
     assert health.serving
     assert health.threads["sm-purger"]
