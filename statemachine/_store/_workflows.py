@@ -92,7 +92,11 @@ class WorkflowStatements(StatementGroup):
         params = {"p_id": new_id, "p_machine": machine, "p_state": state, "p_data": data,
                   "p_key": key, "p_parent": parent_id, "p_wake": self._later_value(wake_after),
                   "h_cause": f"key={key}" if key else None, **self._now_value()}
-        if self._single(lambda conn: conn.execute(stmt, params).first()) is not None:
+        if self._db.fast_ok():  # compiled once: SQLAlchemy cannot cache this statement
+            inserted = self._db.fast(("start",), stmt, params)
+        else:
+            inserted = self._single(lambda conn: conn.execute(stmt, params).first())
+        if inserted is not None:
             return new_id, True
         # Nothing inserted: this very start already went through (its answer was lost with a
         # connection), or another start took the key.

@@ -60,7 +60,7 @@ def test_fast_path_sends_what_sqlalchemy_sends(
     store.sql.insert_workflow(machine="fast_m", state="Start", data={"n": 1})
     [row] = store.sql.claim(owner="w1", machines=["fast_m"], limit=5, lease=30)
     assert store.sql.commit(finishing(row)) == Committed(2, None)
-    assert len(prepared) == 2, "the claim and the commit did not take the fast path"
+    assert len(prepared) == 3, "the start, the claim and the commit did not take the fast path"
 
     sent: list[tuple[str, Any]] = []
 
