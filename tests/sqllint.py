@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sqlite3
 import sys
 import threading
 import weakref
@@ -207,25 +208,27 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
     return linted
 
 
-# SQLite: SQLAlchemy's cursor events, on SQLite engines only.
-def _sqlite_statement(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-    if not _from_library():
+# SQLite: each sqlite3 connection's trace callback, which sees every statement run on it,
+# SQLAlchemy's and the fast path's alike (a cursor event listener would turn the fast path off).
+_BEGIN = re.compile(r"^\s*BEGIN\b", re.IGNORECASE)
+_END = re.compile(r"^\s*(COMMIT|ROLLBACK|END)\b", re.IGNORECASE)
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    if not isinstance(dbapi_conn, sqlite3.Connection):
         return
-    _check(statement, "sqlite", conn.info.setdefault("sm_lint_tx", set()))
+    transaction: set[str] | None = None  # kinds sent since BEGIN (None: autocommit)
 
+    def trace(statement: str) -> None:
+        nonlocal transaction
+        if _BEGIN.match(statement):
+            transaction = set()
+        elif _END.match(statement):
+            transaction = None
+        elif _from_library():
+            _check(statement, "sqlite", transaction)
 
-def _sqlite_engine(conn: Any) -> None:
-    engine = conn.engine
-    if engine.dialect.name == "sqlite" and not event.contains(
-            engine, "before_cursor_execute", _sqlite_statement):
-        event.listen(engine, "before_cursor_execute", _sqlite_statement)
-
-
-def _end_transaction(conn: Any, *_args: Any) -> None:
-    # SQLite only; and never on an invalidated connection: `conn.info` would reach for the
-    # connection and raise (SQLAlchemy rolls back there after a disconnect).
-    if conn.dialect.name == "sqlite" and not conn.invalidated:
-        conn.info.pop("sm_lint_tx", None)
+    dbapi_conn.set_trace_callback(trace)
 
 
 _installed = False
@@ -238,9 +241,7 @@ def install() -> None:
         return
     psycopg.Cursor.execute = _wrap(psycopg.Cursor.execute)  # type: ignore[method-assign]
     psycopg.Cursor.executemany = _wrap(psycopg.Cursor.executemany)  # type: ignore[method-assign]
-    event.listen(Engine, "engine_connect", _sqlite_engine)
-    for name in ("begin", "commit", "rollback"):
-        event.listen(Engine, name, _end_transaction)
+    event.listen(Engine, "connect", _sqlite_connect)
     _installed = True
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -87,8 +88,9 @@ class Database:
         self.autocommit = autocommit or (
             self.engine if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT"))
-        self.fast_path = (FastPath(autocommit) if autocommit is not None
-                          and autocommit.dialect.driver == "psycopg" else None)
+        fast_engine = self.engine if self.is_sqlite else autocommit
+        self.fast_path = (FastPath(fast_engine) if fast_engine is not None
+                          and fast_engine.dialect.driver in ("psycopg", "pysqlite") else None)
 
     @property
     def engines(self) -> tuple[Engine, ...]:
@@ -128,7 +130,7 @@ class Database:
         while True:
             try:
                 return attempt()
-            except (DBAPIError, psycopg.Error, _LostInCommit) as raised:
+            except (DBAPIError, psycopg.Error, sqlite3.Error, _LostInCommit) as raised:
                 error = raised.error if isinstance(raised, _LostInCommit) else raised
                 fault = classify(error)
                 unknown = fault is Fault.AMBIGUOUS or isinstance(raised, _LostInCommit) or (

@@ -1,5 +1,6 @@
-"""The psycopg fast path: the hot statements (claim, commit) sent straight on a psycopg
-connection, skipping SQLAlchemy's per-execute work (the larger part of a transition's CPU).
+"""The fast path: the hot statements (start, claim, commit) sent straight on the driver's
+connection (psycopg, or sqlite3), skipping SQLAlchemy's per-execute work (the larger part of a
+transition's CPU).
 
 A statement is compiled once per shape into a `_Plan`: its SQL with positional placeholders, the
 order its parameters go in, the bind processor SQLAlchemy itself would apply to each (obtained
@@ -14,14 +15,18 @@ the pool's size; past that, threads check one out per statement): no pool round 
 pre-ping per statement. A held connection goes back to the pool after `HOLD_SECONDS`, so the
 pool's ping and recycling still reach it, and when its thread has ended.
 
+On SQLite, whose commit is a transaction of two statements, `transaction` runs several
+statements between ``BEGIN IMMEDIATE`` and ``COMMIT`` on the thread's connection.
+
 Only one attempt is made here; the store's retry loop (`_connections.Database.run`) decides
 what a failure means. A connection is discarded only when it is broken (a lost server), never
-for an error the server answered with (a 40001 leaves it healthy and pooled).
+for an error the server answered with (a 40001, or SQLite's busy, leaves it healthy and pooled).
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -31,30 +36,41 @@ import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
-__all__ = ["HOLD_SECONDS", "FastPath"]
+__all__ = ["HOLD_SECONDS", "FastPath", "Send"]
 
 # How long a thread keeps its connection before giving it back to the pool (which pings and
 # recycles what it hands out).
 HOLD_SECONDS = 60.0
 
 _NAMED = re.compile(r"%\((\w+)\)s")
+# Errors the database answered with, leaving the connection usable.
+_DRIVER_ERRORS = (psycopg.Error, sqlite3.Error)
+
+# `send(key, stmt, params, many=False, decode=False)`: one statement of a `FastPath.transaction`
+# (its first row, or with `many` all of them, decoded by SQLAlchemy's result processors with
+# `decode`).
+Send = Callable[..., Any]
 
 
 class _Plan:
     """One statement's SQL and how to turn the caller's parameters into the driver's."""
 
-    __slots__ = ("_slots", "constants", "names", "positional", "processors", "sql")
+    __slots__ = ("_slots", "constants", "names", "outputs", "positional", "processors", "sql")
 
     def __init__(self, stmt: Any, engine: Engine) -> None:
         dialect = engine.dialect
         compiled = stmt.compile(dialect=dialect)
         self.sql: str = compiled.string
-        # Each name once, in order of first use: the n-th is the server-side parameter $n (a
-        # name used twice is sent once).
-        self.names: tuple[str, ...] = tuple(dict.fromkeys(_NAMED.findall(self.sql)))
-        number = {name: n for n, name in enumerate(self.names, 1)}
-        self.positional: str = _NAMED.sub(lambda m: f"${number[m.group(1)]}",
-                                          self.sql.replace("%%", "%"))
+        if dialect.paramstyle == "qmark":  # sqlite3: one ``?`` per use, in order
+            self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+            self.positional: str = self.sql
+        else:
+            # Each name once, in order of first use: the n-th is the server-side parameter $n (a
+            # name used twice is sent once).
+            self.names = tuple(dict.fromkeys(_NAMED.findall(self.sql)))
+            number = {name: n for n, name in enumerate(self.names, 1)}
+            self.positional = _NAMED.sub(lambda m: f"${number[m.group(1)]}",
+                                         self.sql.replace("%%", "%"))
         self.processors: dict[str, Callable[[Any], Any] | None] = {}
         self.constants: dict[str, Any] = {}
         for name, bind in compiled.binds.items():
@@ -63,10 +79,20 @@ class _Plan:
             if not bind.required and bind.callable is None:
                 value = bind.value
                 self.constants[name] = value if process is None else process(value)
+        # A SELECT's result processors, one per column (see `decode`).
+        self.outputs: tuple[Callable[[Any], Any] | None, ...] = tuple(
+            c.type.dialect_impl(dialect).result_processor(dialect, None)
+            for c in getattr(stmt, "selected_columns", ()))
         # Per parameter: (name, processor) for a value the caller gives, or (None, the value).
         self._slots: tuple[tuple[str | None, Any], ...] = tuple(
             (None, self.constants[n]) if n in self.constants else (n, self.processors.get(n))
             for n in self.names)
+
+    def decode(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A SELECT's row as SQLAlchemy would return it (each column's result processor
+        applied: on SQLite, text to UUIDs and aware datetimes)."""
+        return tuple(v if f is None or v is None else f(v)
+                     for f, v in zip(self.outputs, row, strict=True))
 
     def values(self, params: dict[str, Any]) -> dict[str, Any]:
         """The driver-ready parameters by name."""
@@ -86,7 +112,8 @@ class _Plan:
 
 
 class FastPath:
-    """Prebuilt statements run on raw psycopg connections of an autocommit engine."""
+    """Prebuilt statements run on raw driver connections: an autocommit engine's psycopg ones,
+    or a SQLite engine's sqlite3 ones (which statemachine runs without implicit transactions)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -96,6 +123,7 @@ class FastPath:
         self._held_lock = threading.Lock()
         size = getattr(engine.pool, "size", None)
         self.max_held: int = size() if callable(size) else 0
+        self._begin = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else "BEGIN"
 
     def usable(self) -> bool:
         """Whether nobody listens for SQL events: a SQL log, a lint or a statement counter must
@@ -119,15 +147,39 @@ class FastPath:
     def execute(self, key: Any, stmt: Any, params: dict[str, Any], *, many: bool = False) -> Any:
         """Run `stmt` once: the first row (a tuple) or None, or all rows with `many`. Raises the
         driver's error as is, for the retry loop to classify."""
-        plan = self.plan(key, stmt)
-        values = plan.sequence(params)
+        return self.transaction(lambda send: send(key, stmt, params, many=many), begin=False)
+
+    def transaction(self, body: Callable[[Send], Any], *, begin: bool = True) -> Any:
+        """`body(send)`'s result, its statements sent on this thread's connection in one
+        transaction (``BEGIN IMMEDIATE`` on SQLite, ``BEGIN`` on servers; with `begin` False,
+        each statement is its own): committed when `body` returns, rolled back when it raises.
+        Raises the driver's error as is, for the retry loop to classify."""
         held = self._connection()
         raw = held.raw
+        cursor = held.cursor
+
+        def send(key: Any, stmt: Any, params: dict[str, Any], *, many: bool = False,
+                 decode: bool = False) -> Any:
+            plan = self.plan(key, stmt)
+            # ``$n`` (or ``?``) parameters: no client-side query conversion.
+            cursor.execute(plan.positional, plan.sequence(params))
+            if not many:
+                return cursor.fetchone()
+            rows = cursor.fetchall()
+            return [plan.decode(r) for r in rows] if decode else rows
+
         try:
-            # ``$n`` parameters: no client-side query conversion.
-            held.cursor.execute(plan.positional, values)
-            result = held.cursor.fetchall() if many else held.cursor.fetchone()
-        except psycopg.Error:
+            if begin:
+                cursor.execute(self._begin)
+            try:
+                result = body(send)
+            except BaseException:
+                if begin:
+                    _rollback_quietly(cursor)
+                raise
+            if begin:
+                cursor.execute("COMMIT")
+        except _DRIVER_ERRORS:
             if is_broken(raw.driver_connection):
                 self._discard(held)
             elif not held.kept:
@@ -203,8 +255,9 @@ class _Held:
         self.raw = raw
         self.kept = kept  # held for the thread, not just for one statement
         self.since = time.monotonic()
-        self.cursor: psycopg.RawCursor[Any] = psycopg.RawCursor(
-            raw.driver_connection)  # type: ignore[arg-type]
+        driver = raw.driver_connection
+        self.cursor: Any = (driver.cursor() if isinstance(driver, sqlite3.Connection)
+                            else psycopg.RawCursor(driver))  # type: ignore[arg-type]
 
 
 def _close_quietly(raw: PoolProxiedConnection) -> None:
@@ -214,6 +267,20 @@ def _close_quietly(raw: PoolProxiedConnection) -> None:
         pass
 
 
+def _rollback_quietly(cursor: Any) -> None:
+    try:
+        cursor.execute("ROLLBACK")
+    except Exception:  # noqa: S110 (the error that matters is the one being raised)
+        pass
+
+
 def is_broken(connection: Any) -> bool:
-    """Whether a psycopg connection can no longer be used (closed, or its server gone)."""
+    """Whether a driver connection can no longer be used (a psycopg one closed, or its server
+    gone; a sqlite3 one closed)."""
+    if isinstance(connection, sqlite3.Connection):
+        try:
+            connection.total_changes  # noqa: B018 (raises ProgrammingError once closed)
+        except sqlite3.ProgrammingError:
+            return True
+        return False
     return bool(getattr(connection, "closed", True) or getattr(connection, "broken", True))

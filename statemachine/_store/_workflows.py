@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -42,6 +44,7 @@ from .._schema import events as ev
 from ..errors import DatabaseUnavailable, StoreError
 from ._base import StatementGroup, _headline
 from ._decode import decode_value
+from ._fast import Send
 
 log = logging.getLogger("statemachine.store")
 
@@ -60,6 +63,10 @@ h = history
 
 # What `_read_back` answers when the commit it looked for did not happen: send it again.
 _RESEND: Any = object()
+
+
+class _CancelPending(Exception):
+    """Rolls back a fast SQLite commit that found a cancel request to record."""
 
 
 class WorkflowStatements(StatementGroup):
@@ -209,14 +216,27 @@ class WorkflowStatements(StatementGroup):
             stmts = self._statements[key] = self._claim_statements(bounded)
         if self.is_sqlite:
             pick, lease_them = stmts
+            params["p_machines"] = json.dumps(params["p_machines"])
 
-            def run_sqlite(conn: Connection) -> list[ClaimedRow]:
+            def run_sqlite(conn: Connection) -> list[Any]:
                 rows = _within_bytes(conn.execute(pick, params).all(), max_bytes)
                 if rows:
-                    conn.execute(lease_them, {**params, "p_ids": [r.id for r in rows]})
-                return [_claimed_sqlite(r, token) for r in rows]
+                    conn.execute(lease_them, {**params, "p_ids": _id_list(rows)})
+                return rows
 
-            return self.transaction(run_sqlite)
+            def run_fast(send: Send) -> list[Any]:
+                picked = send((key, "pick"), pick, params, many=True, decode=True)
+                rows = _within_bytes([_Picked._make(r) for r in picked], max_bytes)
+                if rows:
+                    send((key, "lease"), lease_them, {**params, "p_ids": _id_list(rows)})
+                return rows
+
+            fast = self._db.fast_path
+            if fast is not None and fast.usable():
+                picked = self._db.run(lambda: fast.transaction(run_fast))
+            else:
+                picked = self.transaction(run_sqlite)
+            return [_claimed_sqlite(r, token) for r in picked]
 
         def claimed(r: Any) -> ClaimedRow:
             (wid, machine, state, data, version, entered, attempt, status, due_at, rec, parent,
@@ -239,9 +259,11 @@ class WorkflowStatements(StatementGroup):
         recorded = exists().where(h.c.workflow_id == w.c.id, h.c.version == w.c.version)
         runnable = ("ready", "running", "waiting")
         if self.is_sqlite:
-            of_machines: ColumnElement[bool] = w.c.machine.in_(
-                bindparam("p_machines", expanding=True))
-            is_runnable: ColumnElement[bool] = w.c.status.in_(runnable)
+            # Lists as JSON text, not expanding INs: the SQL is the same whatever the lists, so
+            # the fast path sends it as compiled once.
+            of_machines: ColumnElement[bool] = w.c.machine.in_(_json_list("p_machines"))
+            is_runnable: ColumnElement[bool] = w.c.status.in_(
+                [literal_column(f"'{s}'") for s in runnable])
         else:  # arrays, not expanding INs: the SQL is the same whatever the lists (compiled once)
             of_machines = w.c.machine == any_(bindparam("p_machines", type_=ARRAY(Text())))
             is_runnable = w.c.status == any_(literal(list(runnable), ARRAY(Text())))
@@ -263,8 +285,7 @@ class WorkflowStatements(StatementGroup):
             due_at = type_coerce(w.c.wake_at, Text()).label("due_at")
             pick = (select(*columns, w.c.status, due_at, *extra).where(due)
                     .order_by(w.c.wake_at).limit(limit))
-            lease_them = (update(w).where(w.c.id.in_(bindparam("p_ids", expanding=True)))
-                          .values(**lease_values))
+            lease_them = update(w).where(w.c.id.in_(_json_list("p_ids"))).values(**lease_values)
             return pick, lease_them
         # What a row adds to the result: its data as text, its names, and the fixed columns.
         size = (func.octet_length(cast(w.c.data, Text())) + func.octet_length(w.c.state)
@@ -359,6 +380,11 @@ class WorkflowStatements(StatementGroup):
         # statement fenced on "no cancel request pending"; only when that fence (or the lease)
         # fails does it take the transaction that records the request (see `commit_in`).
         guarded = change.supersede_cancel and not change.clear_cancel and change.simple_but_cancel
+        if self.is_sqlite and (change.simple or guarded) and not change.expect_status \
+                and self._db.fast_ok():
+            done = self._commit_sqlite_fast(change)
+            if done is not _RESEND:
+                return done  # type: ignore[no-any-return]
         if self.is_sqlite or not (change.simple or guarded):
             return self._db.attempt_transaction(lambda conn: self.commit_in(conn, change))
         shape = _shape(change)._replace(no_cancel=guarded)
@@ -383,10 +409,32 @@ class WorkflowStatements(StatementGroup):
             return self._db.attempt_transaction(lambda conn: self.commit_in(conn, change))
         return None if row is None else Committed(int(row[0]), row[1])
 
-    def commit_in(self, conn: Connection, change: Change) -> Committed | None:
-        """`commit` inside the caller's transaction."""
-        c = change
-        shape = _shape(c)
+    def _commit_sqlite_fast(self, change: Change) -> Any:
+        """`commit_in`'s two statements in one transaction on the fast path (SQLite); `_RESEND`
+        when a cancel request is pending (nothing is written: the caller takes `commit_in`,
+        which records it)."""
+        shape = _shape(change)
+        update_row, insert_history = self._commit_in_statements(shape)
+        params = self._change_params(change)
+
+        def body(send: Send) -> Any:
+            row = send(("commit_in", shape), update_row, params)
+            if row is None:
+                return None
+            if row[1] is not None:
+                raise _CancelPending
+            send(("commit_in_history", shape), insert_history, {**params, "h_version": row[0]})
+            return Committed(int(row[0]), None)
+
+        assert self._db.fast_path is not None
+        try:
+            return self._db.fast_path.transaction(body)
+        except _CancelPending:
+            return _RESEND
+
+    def _commit_in_statements(self, shape: _Shape) -> tuple[Any, Any]:
+        """The compare-and-set UPDATE (returning the new version and any cancel request) and the
+        history INSERT of one shape of change, built once."""
         stmts = self._statements.get(("commit_in", shape))
         if stmts is None:
             upd, hist = self._change_statements(shape)
@@ -395,6 +443,12 @@ class WorkflowStatements(StatementGroup):
                                       version=bindparam("h_version", type_=BigInteger()),
                                       **hist))
             self._statements[("commit_in", shape)] = stmts
+        return stmts  # type: ignore[no-any-return]
+
+    def commit_in(self, conn: Connection, change: Change) -> Committed | None:
+        """`commit` inside the caller's transaction."""
+        c = change
+        stmts = self._commit_in_statements(_shape(c))
         params = self._change_params(c)
         row = conn.execute(stmts[0], params).first()
         if row is None:
@@ -659,6 +713,34 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class _Picked(NamedTuple):
+    """A row SQLite's claim picked (the columns of its SELECT)."""
+
+    id: uuid.UUID
+    machine: str
+    state: str
+    data: Any
+    version: int
+    entered_version: int
+    attempt: Any
+    status: str
+    due_at: Any
+    rec: Any
+    parent_id: uuid.UUID | None
+    cancel_requested: datetime | None
+    in_doubt: str | None
+
+
+def _json_list(name: str) -> Any:
+    """``SELECT value FROM json_each(:name)``: the items of a JSON array parameter (SQLite)."""
+    return select(column("value")).select_from(func.json_each(bindparam(name, type_=Text())))
+
+
+def _id_list(rows: Sequence[Any]) -> str:
+    """The ids of `rows` as a JSON array of SQLite's stored (dashed text) form."""
+    return json.dumps([str(r.id) for r in rows])
 
 
 def _within_bytes(rows: Sequence[Any], max_bytes: int) -> list[Any]:

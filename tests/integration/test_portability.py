@@ -150,7 +150,7 @@ def test_the_session_lint_sees_what_the_library_sends_not_the_tests_scaffolding(
     found = sqllint.collected()
     assert any(f.startswith("TEST RULE") and "sm_workflows" in f for f in found), found
     assert not any("advisory" in f for f in found)
-    assert store.is_sqlite or store._db.fast_ok(), "the lint turned the fast path off"
+    assert store._db.fast_ok(), "the lint turned the fast path off"
 
 
 # -- compiling every statement the store builds, without a server -----------------------------
