@@ -43,7 +43,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from .._records import Change, Committed
 from .._schema import JSONData, history, workflows
 from ..errors import StoreError
-from ._workflows import _RESEND, WorkflowStatements, _Shape, _shape
+from ._fast import Send
+from ._workflows import _RESEND, CancelPending, WorkflowStatements, _Shape, _shape
 
 __all__ = ["GroupStatements", "groupable"]
 
@@ -142,7 +143,16 @@ class GroupStatements(WorkflowStatements):
         def run(conn: Connection) -> list[Outcome]:
             return [self.commit_in(conn, c) for c in changes]
 
+        def run_fast(send: Send) -> list[Outcome]:
+            return [self._send_plain_commit(c, send) for c in changes]
+
+        fast = self._db.fast_path
         try:
+            if fast is not None and fast.usable():
+                try:
+                    return self._db.run(lambda: fast.transaction(run_fast))
+                except CancelPending:
+                    pass  # rolled back: the transaction below records the request
             return self._db.run(lambda: self._db.attempt_transaction(run))
         except StoreError as e:
             log.info("grouped commit of %d changes failed (%s): committing them one by one",

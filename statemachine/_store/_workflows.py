@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -65,7 +66,7 @@ h = history
 _RESEND: Any = object()
 
 
-class _CancelPending(Exception):
+class CancelPending(Exception):
     """Rolls back a fast SQLite commit that found a cancel request to record."""
 
 
@@ -413,24 +414,25 @@ class WorkflowStatements(StatementGroup):
         """`commit_in`'s two statements in one transaction on the fast path (SQLite); `_RESEND`
         when a cancel request is pending (nothing is written: the caller takes `commit_in`,
         which records it)."""
+        assert self._db.fast_path is not None
+        try:
+            return self._db.fast_path.transaction(partial(self._send_plain_commit, change))
+        except CancelPending:
+            return _RESEND
+
+    def _send_plain_commit(self, change: Change, send: Send) -> Committed | None:
+        """A simple change's compare-and-set and history row, sent inside a fast transaction;
+        raises `CancelPending` (to roll it back) when a cancel request waits to be recorded."""
         shape = _shape(change)
         update_row, insert_history = self._commit_in_statements(shape)
         params = self._change_params(change)
-
-        def body(send: Send) -> Any:
-            row = send(("commit_in", shape), update_row, params)
-            if row is None:
-                return None
-            if row[1] is not None:
-                raise _CancelPending
-            send(("commit_in_history", shape), insert_history, {**params, "h_version": row[0]})
-            return Committed(int(row[0]), None)
-
-        assert self._db.fast_path is not None
-        try:
-            return self._db.fast_path.transaction(body)
-        except _CancelPending:
-            return _RESEND
+        row = send(("commit_in", shape), update_row, params)
+        if row is None:
+            return None
+        if row[1] is not None:
+            raise CancelPending
+        send(("commit_in_history", shape), insert_history, {**params, "h_version": row[0]})
+        return Committed(int(row[0]), None)
 
     def _commit_in_statements(self, shape: _Shape) -> tuple[Any, Any]:
         """The compare-and-set UPDATE (returning the new version and any cancel request) and the
@@ -443,7 +445,7 @@ class WorkflowStatements(StatementGroup):
                                       version=bindparam("h_version", type_=BigInteger()),
                                       **hist))
             self._statements[("commit_in", shape)] = stmts
-        return stmts  # type: ignore[no-any-return]
+        return stmts
 
     def commit_in(self, conn: Connection, change: Change) -> Committed | None:
         """`commit` inside the caller's transaction."""
