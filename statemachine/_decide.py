@@ -148,7 +148,7 @@ def decide(a: Attempt) -> Flow:
 
 
 def _commit(a: Attempt, what: Done, change: Change) -> Commit:
-    if change.status in ("done", "cancelled") and a.spec.event_types:
+    if change.status in ("done", "cancelled") and a.spec.event_types and not change.close_inbox:
         change = attrs.evolve(change, close_inbox=True)
     return Commit(a.row, _finishing(change, a.row), what)
 
@@ -166,11 +166,12 @@ def _finishing(change: Change, row: ClaimedRow) -> Change:
     the same transaction, so no cancel request is ever lost without a trace."""
     if not change.finishes:
         return change
+    more: dict[str, Any] = {}
     if row.parent_id is not None and change.wake_parent is None:
-        change = attrs.evolve(change, wake_parent=row.parent_id)
-    if not change.clear_cancel:
-        change = attrs.evolve(change, supersede_cancel=True)
-    return change
+        more["wake_parent"] = row.parent_id
+    if not change.clear_cancel and not change.supersede_cancel:
+        more["supersede_cancel"] = True
+    return attrs.evolve(change, **more) if more else change
 
 
 # -- cancellation ----------------------------------------------------------------------------------
@@ -367,7 +368,8 @@ def after_handler(a: Attempt, run: RunHandler, outcome: Outcome, *, sticky: bool
     """The action for what a handler did: its returned state committed, a retry, an in-doubt
     mark, the error route, or a park. `sticky`: keep the lease to run the next state at once."""
     row, handler = run.row, run.handler
-    a = attrs.evolve(a, row=row)
+    if a.row is not row:
+        a = attrs.evolve(a, row=row)
     if isinstance(outcome, Raised):
         return _after_error(a, handler, outcome.error)
     value = outcome.value
@@ -474,18 +476,26 @@ def _result(a: Attempt, who: _Returner, returned: Returned, call: Call, *,
                      f"{type(e).__name__}: {e}")
     terminal = spec.is_terminal(type(state))
     keep = a.lease if sticky and delayed is None and not terminal else None
-    change = Change.transition(row, stored, data, terminal=terminal, worker=a.worker,
-                               started_at=a.now, keep_lease=keep, kind=who.kind,
-                               error=who.error)
     started = returned.children
     waits = spec.children.get(type(state))
     if started and waits is not None and waits.max_running is not None:
         started = tuple(attrs.evolve(c, queued=True) for c in started)
-    change = attrs.evolve(
-        change, cause=call.cause, children=started, consume_event=call.consume_event,
-        clear_cancel=call.clear_cancel, cancel_children=call.cancel_children)
+    more: dict[str, Any] = {}
     if delayed is not None:
-        change = attrs.evolve(change, wake_at=delayed.at, wake_after=delayed.after)
+        more.update(wake_at=delayed.at, wake_after=delayed.after)
+    if terminal:
+        # What finishing also does (see `_finishing`), set here rather than copied in after.
+        if row.parent_id is not None:
+            more["wake_parent"] = row.parent_id
+        if not call.clear_cancel:
+            more["supersede_cancel"] = True
+        if spec.event_types:
+            more["close_inbox"] = True
+    change = Change.transition(row, stored, data, terminal=terminal, worker=a.worker,
+                               started_at=a.now, keep_lease=keep, kind=who.kind,
+                               error=who.error, cause=call.cause, children=started,
+                               consume_event=call.consume_event, clear_cancel=call.clear_cancel,
+                               cancel_children=call.cancel_children, **more)
     return _commit(a, "transition", change)
 
 

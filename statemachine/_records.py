@@ -192,16 +192,19 @@ class Change:
     def transition(
         cls, row: ClaimedRow, to_state: str, data: Any, *, terminal: bool, worker: str,
         started_at: datetime, keep_lease: float | None = None,
-        kind: HistoryKind = "transition", error: str | None = None,
+        kind: HistoryKind = "transition", error: str | None = None, **more: Any,
     ) -> Change:
         """Move `row` to its next state: done if `terminal`, else ready at once (or, with
-        `keep_lease`, still held by this worker to run the next state now)."""
-        return cls(
+        `keep_lease`, still held by this worker to run the next state now). `more`: any other
+        field of the change (one construction, not a copy per field on the hot path)."""
+        fields: dict[str, Any] = dict(
             workflow_id=row.id, version=row.version, lease_token=row.lease_token, kind=kind,
             from_state=row.state, to_state=to_state, data=data,
             status="done" if terminal else "ready", attempt=row.attempt,
             wake_after=None if terminal else 0.0, keep_lease=None if terminal else keep_lease,
             error=error, worker=worker, started_at=started_at)
+        fields.update(more)
+        return cls(**fields)
 
     @classmethod
     def finished(cls, row: ClaimedRow, *, worker: str, started_at: datetime) -> Change:

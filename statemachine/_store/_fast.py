@@ -36,7 +36,7 @@ import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
-__all__ = ["HOLD_SECONDS", "FastPath", "Send"]
+__all__ = ["HOLD_SECONDS", "FastPath", "Send", "sql_literal"]
 
 # How long a thread keeps its connection before giving it back to the pool (which pings and
 # recycles what it hands out).
@@ -55,22 +55,13 @@ Send = Callable[..., Any]
 class _Plan:
     """One statement's SQL and how to turn the caller's parameters into the driver's."""
 
-    __slots__ = ("_slots", "constants", "names", "outputs", "positional", "processors", "sql")
+    __slots__ = ("_slots", "constants", "inlined", "names", "outputs", "positional",
+                 "processors", "sql")
 
     def __init__(self, stmt: Any, engine: Engine) -> None:
         dialect = engine.dialect
         compiled = stmt.compile(dialect=dialect)
         self.sql: str = compiled.string
-        if dialect.paramstyle == "qmark":  # sqlite3: one ``?`` per use, in order
-            self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
-            self.positional: str = self.sql
-        else:
-            # Each name once, in order of first use: the n-th is the server-side parameter $n (a
-            # name used twice is sent once).
-            self.names = tuple(dict.fromkeys(_NAMED.findall(self.sql)))
-            number = {name: n for n, name in enumerate(self.names, 1)}
-            self.positional = _NAMED.sub(lambda m: f"${number[m.group(1)]}",
-                                         self.sql.replace("%%", "%"))
         self.processors: dict[str, Callable[[Any], Any] | None] = {}
         self.constants: dict[str, Any] = {}
         for name, bind in compiled.binds.items():
@@ -79,6 +70,24 @@ class _Plan:
             if not bind.required and bind.callable is None:
                 value = bind.value
                 self.constants[name] = value if process is None else process(value)
+        # Constants written into the SQL as literals (servers): fewer parameters to send.
+        self.inlined: dict[str, str] = {}
+        if dialect.paramstyle == "qmark":  # sqlite3: one ``?`` per use, in order
+            self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+            self.positional: str = self.sql
+        else:
+            for name, value in self.constants.items():
+                text = sql_literal(value)
+                if text is not None:
+                    self.inlined[name] = text
+            # Each name once, in order of first use: the n-th is the server-side parameter $n (a
+            # name used twice is sent once).
+            self.names = tuple(n for n in dict.fromkeys(_NAMED.findall(self.sql))
+                               if n not in self.inlined)
+            number = {name: f"${n}" for n, name in enumerate(self.names, 1)}
+            number.update(self.inlined)
+            self.positional = _NAMED.sub(lambda m: number[m.group(1)],
+                                         self.sql.replace("%%", "%"))
         # A SELECT's result processors, one per column (see `decode`).
         self.outputs: tuple[Callable[[Any], Any] | None, ...] = tuple(
             c.type.dialect_impl(dialect).result_processor(dialect, None)
@@ -265,6 +274,25 @@ def _close_quietly(raw: PoolProxiedConnection) -> None:
         raw.close()  # back to the pool
     except Exception:  # noqa: S110 (a connection that cannot be returned is dropped by the pool)
         pass
+
+
+def sql_literal(value: Any) -> str | None:
+    """`value` as a PostgreSQL literal, for the plain kinds a statement's constants are (text,
+    integers, booleans, NULL, lists of text); None for any other (sent as a parameter). The
+    compiled SQL casts each placeholder already (``%(x)s::VARCHAR``), which types the literal."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and "\\" not in value and "\x00" not in value:
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        items = [sql_literal(v) for v in value]
+        if all(items):
+            return f"ARRAY[{', '.join(items)}]"  # type: ignore[arg-type]
+    return None
 
 
 def _rollback_quietly(cursor: Any) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from statemachine import Store
 from statemachine._store import Change, Committed
-from statemachine._store._fast import FastPath
+from statemachine._store._fast import FastPath, sql_literal
 from tests.conftest import POSTGRES_BACKENDS
 
 pytestmark = pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)
@@ -49,10 +49,14 @@ def test_fast_path_sends_what_sqlalchemy_sends(
         named = plan.positional.replace("%", "%%")
         for n in range(len(plan.names), 0, -1):  # $12 before $1
             named = named.replace(f"${n}", f"%({plan.names[n - 1]})s")
-        assert named == sql
+        # and the constants written in as literals (checked against SQLAlchemy's values below)
+        expected = sql
+        for name, text in plan.inlined.items():
+            expected = expected.replace(f"%({name})s", text.replace("%", "%%"))
+        assert named == expected
         assert list(comparable(dict(enumerate(plan.sequence(params)))).values()) == \
             [comparable(values)[n] for n in plan.names]
-        prepared.append((stmt, dict(params), (sql, values)))
+        prepared.append((stmt, dict(params), (sql, values), plan))
         return real_execute(self, key, stmt, params, **kw)
 
     monkeypatch.setattr(FastPath, "execute", spy)
@@ -70,7 +74,7 @@ def test_fast_path_sends_what_sqlalchemy_sends(
     engine = store.sql._db.autocommit
     event.listen(engine, "before_cursor_execute", capture)
     try:
-        for stmt, params, (sql, values) in prepared:
+        for stmt, params, (sql, values), plan in prepared:
             sent.clear()
             with engine.connect() as conn:
                 trans = conn.begin()
@@ -78,7 +82,12 @@ def test_fast_path_sends_what_sqlalchemy_sends(
                 trans.rollback()
             [(sa_sql, sa_values)] = [s for s in sent if s[0] == sql] or sent[-1:]
             assert sa_sql == sql
-            assert comparable(sa_values) == comparable(values)
+            inlined = {k: v for k, v in sa_values.items() if k in plan.inlined}
+            assert inlined, "no constant was written into the SQL"
+            assert {k: sql_literal(v) for k, v in inlined.items()} == \
+                {k: plan.inlined[k] for k in inlined}
+            sent_as_parameters = {k: v for k, v in sa_values.items() if k not in inlined}
+            assert comparable(sent_as_parameters) == comparable(values)
     finally:
         event.remove(engine, "before_cursor_execute", capture)
 
