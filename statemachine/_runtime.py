@@ -353,13 +353,14 @@ class Worker:
                 continue
             try:
                 rows = self._claim(free)
+                # Said before the rows run: a workflow can finish before this thread goes on.
+                trouble.ok()
                 self._last_claim_at = datetime.now(UTC)
                 for row in rows:
                     self._submit(row)
             except Exception as e:
                 self._stopping.wait(trouble.failed(e))
                 continue
-            trouble.ok()
             if rows:
                 idle_wait = self.min_poll_interval
                 continue

@@ -204,7 +204,7 @@ class L2:
 
 
 class LongStep(Machine):
-    """One step that runs for `LONG_STEP_SECONDS`, longer than the 1 s lease the test gives."""
+    """One step that runs for `LONG_STEP_SECONDS`, longer than the 2 s lease the test gives."""
 
     name = "proc_long_step"
     initial = L1

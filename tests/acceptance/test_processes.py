@@ -283,8 +283,10 @@ def test_heartbeat_keeps_a_long_handler_from_being_taken_over(
     marks = tmp_path / "marks"
     marks.mkdir()
     with Workers(db_url, tmp_path) as workers:
+        # A 2 s lease: a 3 s handler outlives it unless the heartbeat renews it, and a worker
+        # process starved of CPU for a second on a busy machine still renews in time.
         for name in ("r1", "r2"):
-            workers.spawn(name, "LongStep", lease=1.0, poll=0.05, concurrency=2)
+            workers.spawn(name, "LongStep", lease=2.0, poll=0.05, concurrency=2)
         workers.wait_ready("r1", "r2")
 
         wid = Client(store, [LongStep]).start(LongStep, L1(dir=str(marks)))
