@@ -110,14 +110,21 @@ class Services:
     connection: Connection | None = None
 
 
+# machine name -> its handlers' logger
+_loggers: dict[str, logging.Logger] = {}
+
+
 def context_for(row: ClaimedRow, services: Services) -> Context:
     """The `Context` of one attempt of `row`'s current transition."""
+    workflow_id = str(row.id)
+    logger = _loggers.get(row.machine)
+    if logger is None:  # (getLogger takes logging's lock: once per machine, not per attempt)
+        logger = _loggers[row.machine] = logging.getLogger(f"statemachine.workflow.{row.machine}")
     return Context(
         workflow_id=row.id, machine=row.machine, state=row.state, attempt=row.attempt,
-        version=row.version, idempotency_key=f"{row.id}:{row.entered_version}",
+        version=row.version, idempotency_key=f"{workflow_id}:{row.entered_version}",
         worker=services.worker,
-        log=logging.LoggerAdapter(logging.getLogger(f"statemachine.workflow.{row.machine}"),
-                                  {"workflow_id": str(row.id), "state": row.state}),
+        log=logging.LoggerAdapter(logger, {"workflow_id": workflow_id, "state": row.state}),
         clock=services.clock, extend=services.extend, start_child=services.start_child,
         cancel_check=services.cancel_check, connection=services.connection)
 

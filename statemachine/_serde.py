@@ -167,44 +167,47 @@ class StateCodec:
         """The event object for (type, data); `DataError` names what does not fit. `stored`
         (default: whether `workflow` is given) drops fields the class does not have; data given
         by a caller may have none."""
-        where = f"workflow {workflow}: " if workflow is not None else ""
         cls = self.spec.event_types.get(name)
         if cls is None:
             known = ", ".join(sorted(self.spec.event_types)) or "none"
-            raise DataError(f"{where}machine {self.spec.name} accepts no event named {name!r} "
+            raise DataError(f"{_at(workflow)}machine {self.spec.name} accepts no event named {name!r} "
                             f"(its events: {known})")
         if not isinstance(data, dict):
-            raise DataError(f"{where}event {name}: data must be a JSON object, got {data!r}")
+            raise DataError(f"{_at(workflow)}event {name}: data must be a JSON object, got {data!r}")
         converter = self._converter(workflow is not None if stored is None else stored)
         try:
             return converter.structure(data, cls)
         except Exception as e:
-            raise DataError(f"{where}event {name}: {_describe(e, 'data')}") from e
+            raise DataError(f"{_at(workflow)}event {name}: {_describe(e, 'data')}") from e
 
     def load(self, name: str, data: Any, *, workflow: object = None,
              stored: bool | None = None) -> object:
         """The state object for (name, data); `DataError` names what does not fit,
         `UnknownState` a name the machine does not have. `stored` (default: whether `workflow`
         is given) drops fields the class does not have; data given by a caller may have none."""
-        where = f"workflow {workflow}: " if workflow is not None else ""
         cls = self.spec.states.get(name) or self.spec.aliases.get(name)
         if cls is None:
-            raise UnknownState(f"{where}machine {self.spec.name} has no state named {name!r}",
+            raise UnknownState(f"{_at(workflow)}machine {self.spec.name} has no state named {name!r}",
                                machine=self.spec.name, state=name)
         if not isinstance(data, dict):
-            raise DataError(f"{where}state {name}: data must be a JSON object, got {data!r}")
+            raise DataError(f"{_at(workflow)}state {name}: data must be a JSON object, got {data!r}")
         upcast = getattr(cls, "__upcast__", None)
         if upcast is not None:
             try:
                 data = upcast(dict(data))
             except Exception as e:
-                raise DataError(f"{where}state {name}: __upcast__ failed: "
+                raise DataError(f"{_at(workflow)}state {name}: __upcast__ failed: "
                                 f"{type(e).__name__}: {e}") from e
         converter = self._converter(workflow is not None if stored is None else stored)
         try:
             return converter.structure(data, cls)
         except Exception as e:
-            raise DataError(f"{where}state {name}: {_describe(e, 'data')}") from e
+            raise DataError(f"{_at(workflow)}state {name}: {_describe(e, 'data')}") from e
+
+
+def _at(workflow: object) -> str:
+    """The start of an error about a stored workflow's data (made only when one is raised)."""
+    return f"workflow {workflow}: " if workflow is not None else ""
 
 
 class Codecs:

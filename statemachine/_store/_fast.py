@@ -109,15 +109,8 @@ class _Plan:
 
     def sequence(self, params: dict[str, Any]) -> list[Any]:
         """The driver-ready parameters in placeholder order."""
-        out: list[Any] = []
-        for name, how in self._slots:
-            if name is None:
-                out.append(how)
-            elif how is None:
-                out.append(params[name])
-            else:
-                out.append(how(params[name]))
-        return out
+        return [how if name is None else params[name] if how is None else how(params[name])
+                for name, how in self._slots]
 
 
 class FastPath:
