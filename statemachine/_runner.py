@@ -180,6 +180,7 @@ class Runner:
         # Filled lazily by any thread; a race only builds one codec twice.
         self.codecs = Codecs(m.spec for m in machines.values())
         self._answers = StoreAnswers(store, self.codecs, worker=worker)
+        self._async_fns: dict[object, bool] = {}  # handler function -> whether async def
 
     @property
     def transitions(self) -> int:
@@ -242,6 +243,14 @@ class Runner:
 
     # -- running handlers --------------------------------------------------------------------
 
+    def _is_async(self, fn: Callable[..., Any]) -> bool:
+        """Whether `fn` is an ``async def`` handler (found once per function)."""
+        key = getattr(fn, "__func__", fn)
+        found = self._async_fns.get(key)
+        if found is None:
+            found = self._async_fns[key] = inspect.iscoroutinefunction(fn)
+        return found
+
     def _invoke(self, turn: _Turn,
                 run: RunHandler) -> Generator[HandlerCall, object, Action | ClaimedRow | None]:
         """Run the handler under its limit: the next action; or, when a transactional handler
@@ -272,7 +281,8 @@ class Runner:
               connection: Connection | None = None) -> Generator[HandlerCall, object, Outcome]:
         """Call a handler with its context; what it returned (and the children it started), or
         what it raised."""
-        row, children = run.row, list[ChildStart]()
+        row = run.row
+        children: list[ChildStart] = []
         fn, args = run.function()
         ctx = context_for(row, Services(
             worker=self.worker, clock=self.store.clock, connection=connection,
@@ -293,7 +303,7 @@ class Runner:
                 hook("before_handler", row, run, ctx)
             began_turn = getattr(self._turns, "began", None)
             result = yield HandlerCall(fn, (turn.loaded.machine, turn.attempt.state, *args, ctx),
-                                       inspect.iscoroutinefunction(fn))
+                                       self._is_async(fn))
             # An async driver resumes the turn in whichever of its threads is free.
             self._turns.began = began_turn
             if hook is not None:

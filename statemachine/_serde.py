@@ -170,10 +170,11 @@ class StateCodec:
         cls = self.spec.event_types.get(name)
         if cls is None:
             known = ", ".join(sorted(self.spec.event_types)) or "none"
-            raise DataError(f"{_at(workflow)}machine {self.spec.name} accepts no event named {name!r} "
-                            f"(its events: {known})")
+            raise DataError(f"{_at(workflow)}machine {self.spec.name} accepts no event named "
+                            f"{name!r} (its events: {known})")
         if not isinstance(data, dict):
-            raise DataError(f"{_at(workflow)}event {name}: data must be a JSON object, got {data!r}")
+            raise DataError(f"{_at(workflow)}event {name}: data must be a JSON object, "
+                            f"got {data!r}")
         converter = self._converter(workflow is not None if stored is None else stored)
         try:
             return converter.structure(data, cls)
@@ -187,10 +188,11 @@ class StateCodec:
         is given) drops fields the class does not have; data given by a caller may have none."""
         cls = self.spec.states.get(name) or self.spec.aliases.get(name)
         if cls is None:
-            raise UnknownState(f"{_at(workflow)}machine {self.spec.name} has no state named {name!r}",
-                               machine=self.spec.name, state=name)
+            raise UnknownState(f"{_at(workflow)}machine {self.spec.name} has no state named "
+                               f"{name!r}", machine=self.spec.name, state=name)
         if not isinstance(data, dict):
-            raise DataError(f"{_at(workflow)}state {name}: data must be a JSON object, got {data!r}")
+            raise DataError(f"{_at(workflow)}state {name}: data must be a JSON object, "
+                            f"got {data!r}")
         upcast = getattr(cls, "__upcast__", None)
         if upcast is not None:
             try:

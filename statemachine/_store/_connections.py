@@ -85,6 +85,7 @@ class Database:
         # Statements built once per shape and reused: SQLAlchemy then skips rebuilding them and
         # recomputing their cache keys on the hot path.
         self.statements: dict[Any, Any] = {}
+        self._deltas: dict[float, timedelta] = {}  # seconds -> timedelta, made once
         self.autocommit = autocommit or (
             self.engine if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT"))
@@ -242,7 +243,11 @@ class Database:
 
     def later_value(self, seconds: float) -> datetime | timedelta:
         """The parameter value of a `later_param`."""
-        delta = timedelta(seconds=seconds)
+        delta = self._deltas.get(seconds)
+        if delta is None:
+            delta = timedelta(seconds=seconds)
+            if len(self._deltas) < 256:  # a worker asks for a handful of lease and delay lengths
+                self._deltas[seconds] = delta
         return delta if self.server_clock else self.clock.now() + delta
 
     def now_value(self) -> dict[str, datetime]:

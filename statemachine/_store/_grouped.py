@@ -94,7 +94,7 @@ class GroupStatements(WorkflowStatements):
         by_shape: dict[_Shape, list[Change]] = {}
         for c in changes:
             guarded = c.supersede_cancel and not c.clear_cancel
-            by_shape.setdefault(_shape(c)._replace(no_cancel=guarded), []).append(c)
+            by_shape.setdefault(_shape(c, no_cancel=guarded), []).append(c)
         for shape, group in by_shape.items():
             if len(group) == 1:
                 outcomes[group[0].workflow_id] = self._alone(group[0], retry_for)

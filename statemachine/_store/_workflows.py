@@ -388,7 +388,7 @@ class WorkflowStatements(StatementGroup):
                 return done  # type: ignore[no-any-return]
         if self.is_sqlite or not (change.simple or guarded):
             return self._db.attempt_transaction(lambda conn: self.commit_in(conn, change))
-        shape = _shape(change)._replace(no_cancel=guarded)
+        shape = _shape(change, no_cancel=guarded)
         stmt = self._statements.get(("commit", shape))
         if stmt is None:
             upd, hist = self._change_statements(shape)
@@ -567,18 +567,22 @@ class WorkflowStatements(StatementGroup):
 
     def _change_params(self, c: Change) -> dict[str, Any]:
         """The values of `c` for the statement of its shape."""
-        params: dict[str, Any] = dict(
-            p_id=c.workflow_id, p_version=c.version, p_token=c.lease_token,
-            p_expect=list(c.expect_status), p_state=c.to_state, p_data=c.data,
-            p_status=c.status, p_last_error=self._redact(_headline(c.error)),
-            p_wake_at=c.wake_at, p_in_doubt=self._redact(c.mark_in_doubt), h_kind=c.kind,
-            h_from=c.from_state, h_status=c.status, h_cause=c.cause, h_attempt=c.attempt,
-            h_error=self._redact(c.error),
-            h_worker=c.worker, h_started=c.started_at)
-        seconds = c.keep_lease if c.keep_lease is not None else c.wake_after
-        params["p_wake"] = self._later_value(seconds or 0.0)
-        params["p_keep"] = self._later_value((seconds or 0.0) / 2)
-        params.update(self._now_value())
+        error, doubt = c.error, c.mark_in_doubt
+        seconds = (c.keep_lease if c.keep_lease is not None else c.wake_after) or 0.0
+        later = self._later_value
+        params: dict[str, Any] = {
+            "p_id": c.workflow_id, "p_version": c.version, "p_token": c.lease_token,
+            "p_expect": list(c.expect_status), "p_state": c.to_state, "p_data": c.data,
+            "p_status": c.status,
+            "p_last_error": None if error is None else self._redact(_headline(error)),
+            "p_wake_at": c.wake_at,
+            "p_in_doubt": None if doubt is None else self._redact(doubt), "h_kind": c.kind,
+            "h_from": c.from_state, "h_status": c.status, "h_cause": c.cause,
+            "h_attempt": c.attempt, "h_error": None if error is None else self._redact(error),
+            "h_worker": c.worker, "h_started": c.started_at,
+            "p_wake": later(seconds), "p_keep": later(seconds / 2)}
+        if not self.server_clock:
+            params.update(self._now_value())
         return params
 
     def _insert_children(self, conn: Connection, parent: uuid.UUID,
@@ -691,8 +695,8 @@ class _Shape(NamedTuple):
     no_cancel: bool = False
 
 
-def _shape(c: Change) -> _Shape:
-    """The shape of `c`'s statement."""
+def _shape(c: Change, *, no_cancel: bool = False) -> _Shape:
+    """The shape of `c`'s statement (`no_cancel`: fenced on no cancel request pending)."""
     if c.keep_lease is not None:
         wake = "lease"
     else:
@@ -707,7 +711,7 @@ def _shape(c: Change) -> _Shape:
         new_state=c.new_state, clear_cancel=c.clear_cancel,
         doubt=c.mark_in_doubt is not None or c.clear_in_doubt or c.new_state,
         keep_data=c.data is None, count_poll=c.count_poll,
-        finishes=c.status in PURGEABLE_STATUSES)
+        finishes=c.status in PURGEABLE_STATUSES, no_cancel=no_cancel)
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -51,8 +51,8 @@ def test_fast_path_sends_what_sqlalchemy_sends(
             named = named.replace(f"${n}", f"%({plan.names[n - 1]})s")
         # and the constants written in as literals (checked against SQLAlchemy's values below)
         expected = sql
-        for name, text in plan.inlined.items():
-            expected = expected.replace(f"%({name})s", text.replace("%", "%%"))
+        for name, literal in plan.inlined.items():
+            expected = expected.replace(f"%({name})s", literal.replace("%", "%%"))
         assert named == expected
         assert list(comparable(dict(enumerate(plan.sequence(params)))).values()) == \
             [comparable(values)[n] for n in plan.names]
