@@ -163,11 +163,12 @@ class FastPath:
         def send(key: Any, stmt: Any, params: dict[str, Any], *, many: bool = False,
                  decode: bool = False) -> Any:
             plan = self.plan(key, stmt)
+            on = held.cursor_for(plan)
             # ``$n`` (or ``?``) parameters: no client-side query conversion.
-            cursor.execute(plan.positional, plan.sequence(params))
+            on.execute(plan.positional, plan.sequence(params))
             if not many:
-                return cursor.fetchone()
-            rows = cursor.fetchall()
+                return on.fetchone()
+            rows = on.fetchall()
             return [plan.decode(r) for r in rows] if decode else rows
 
         try:
@@ -246,10 +247,11 @@ class FastPath:
 
 
 class _Held:
-    """A connection a thread uses, with its cursor (kept with it: the adapters the cursor found
-    for each parameter type are found once)."""
+    """A connection a thread uses, with its cursors: on psycopg one per statement, kept with it
+    (a cursor keeps the adapters it found for each parameter and column type only while it
+    runs the same query again), on sqlite3 one (which caches statements by their text)."""
 
-    __slots__ = ("cursor", "kept", "raw", "since", "thread")
+    __slots__ = ("_by_plan", "cursor", "kept", "raw", "since", "thread")
 
     def __init__(self, thread: threading.Thread, raw: PoolProxiedConnection, *,
                  kept: bool) -> None:
@@ -260,6 +262,18 @@ class _Held:
         driver = raw.driver_connection
         self.cursor: Any = (driver.cursor() if isinstance(driver, sqlite3.Connection)
                             else psycopg.RawCursor(driver))  # type: ignore[arg-type]
+        self._by_plan: dict[int, Any] | None = (
+            None if isinstance(driver, sqlite3.Connection) else {})
+
+    def cursor_for(self, plan: _Plan) -> Any:
+        """The cursor to run `plan` on."""
+        if self._by_plan is None:
+            return self.cursor
+        cursor = self._by_plan.get(id(plan))
+        if cursor is None:
+            cursor = self._by_plan[id(plan)] = psycopg.RawCursor(
+                self.raw.driver_connection)  # type: ignore[arg-type]
+        return cursor
 
 
 def _close_quietly(raw: PoolProxiedConnection) -> None:
