@@ -149,51 +149,54 @@ class FastPath:
     def execute(self, key: Any, stmt: Any, params: dict[str, Any], *, many: bool = False) -> Any:
         """Run `stmt` once: the first row (a tuple) or None, or all rows with `many`. Raises the
         driver's error as is, for the retry loop to classify."""
-        return self.transaction(lambda send: send(key, stmt, params, many=many), begin=False)
-
-    def transaction(self, body: Callable[[Send], Any], *, begin: bool = True) -> Any:
-        """`body(send)`'s result, its statements sent on this thread's connection in one
-        transaction (``BEGIN IMMEDIATE`` on SQLite, ``BEGIN`` on servers; with `begin` False,
-        each statement is its own): committed when `body` returns, rolled back when it raises.
-        Raises the driver's error as is, for the retry loop to classify."""
+        plan = self.plan(key, stmt)
         held = self._connection()
-        raw = held.raw
+        try:
+            result = _send(held.cursor_for(plan), plan, params, many)
+        except BaseException as e:
+            self._failed(held, e)
+            raise
+        if not held.kept:
+            held.raw.close()
+        return result
+
+    def transaction(self, body: Callable[[Send], Any]) -> Any:
+        """`body(send)`'s result, its statements sent on this thread's connection in one
+        transaction (``BEGIN IMMEDIATE`` on SQLite, ``BEGIN`` on servers): committed when `body`
+        returns, rolled back when it raises. Raises the driver's error as is, for the retry loop
+        to classify."""
+        held = self._connection()
         cursor = held.cursor
 
         def send(key: Any, stmt: Any, params: dict[str, Any], *, many: bool = False,
                  decode: bool = False) -> Any:
             plan = self.plan(key, stmt)
-            on = held.cursor_for(plan)
-            # ``$n`` (or ``?``) parameters: no client-side query conversion.
-            on.execute(plan.positional, plan.sequence(params))
-            if not many:
-                return on.fetchone()
-            rows = on.fetchall()
-            return [plan.decode(r) for r in rows] if decode else rows
+            return _send(held.cursor_for(plan), plan, params, many, decode=decode)
 
         try:
-            if begin:
-                cursor.execute(self._begin)
+            cursor.execute(self._begin)
             try:
                 result = body(send)
             except BaseException:
-                if begin:
-                    _rollback_quietly(cursor)
+                _rollback_quietly(cursor)
                 raise
-            if begin:
-                cursor.execute("COMMIT")
-        except _DRIVER_ERRORS:
-            if is_broken(raw.driver_connection):
-                self._discard(held)
-            elif not held.kept:
-                raw.close()
-            raise
-        except BaseException:
-            self._discard(held)  # interrupted half way: the connection's state is unknown
+            cursor.execute("COMMIT")
+        except BaseException as e:
+            self._failed(held, e)
             raise
         if not held.kept:
-            raw.close()
+            held.raw.close()
         return result
+
+    def _failed(self, held: _Held, error: BaseException) -> None:
+        """After `error` on `held`: an error the database answered with leaves the connection
+        as it is (kept, or back to the pool); a broken one, or one interrupted half way (its
+        state unknown), is discarded."""
+        if isinstance(error, _DRIVER_ERRORS) and not is_broken(held.raw.driver_connection):
+            if not held.kept:
+                held.raw.close()
+            return
+        self._discard(held)
 
     def release_all(self) -> None:
         """Give every held connection back to the pool (the store is being disposed of)."""
@@ -300,6 +303,17 @@ def sql_literal(value: Any) -> str | None:
         if all(items):
             return f"ARRAY[{', '.join(items)}]"  # type: ignore[arg-type]
     return None
+
+
+def _send(cursor: Any, plan: _Plan, params: dict[str, Any], many: bool, *,
+          decode: bool = False) -> Any:
+    """Run `plan` on `cursor`: its first row, or with `many` all of them (`decode`d)."""
+    # ``$n`` (or ``?``) parameters: no client-side query conversion.
+    cursor.execute(plan.positional, plan.sequence(params))
+    if not many:
+        return cursor.fetchone()
+    rows = cursor.fetchall()
+    return [plan.decode(r) for r in rows] if decode else rows
 
 
 def _rollback_quietly(cursor: Any) -> None:
