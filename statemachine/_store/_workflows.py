@@ -227,7 +227,7 @@ class WorkflowStatements(StatementGroup):
 
             def run_fast(send: Send) -> list[Any]:
                 picked = send((key, "pick"), pick, params, many=True, decode=True)
-                rows = _within_bytes([_Picked._make(r) for r in picked], max_bytes)
+                rows = _within_bytes(picked, max_bytes)
                 if rows:
                     send((key, "lease"), lease_them, {**params, "p_ids": _id_list(rows)})
                 return rows
@@ -721,24 +721,6 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class _Picked(NamedTuple):
-    """A row SQLite's claim picked (the columns of its SELECT)."""
-
-    id: uuid.UUID
-    machine: str
-    state: str
-    data: Any
-    version: int
-    entered_version: int
-    attempt: Any
-    status: str
-    due_at: Any
-    rec: Any
-    parent_id: uuid.UUID | None
-    cancel_requested: datetime | None
-    in_doubt: str | None
-
-
 def _json_list(name: str) -> Any:
     """``SELECT value FROM json_each(:name)``: the items of a JSON array parameter (SQLite)."""
     return select(column("value")).select_from(func.json_each(bindparam(name, type_=Text())))
@@ -746,7 +728,7 @@ def _json_list(name: str) -> Any:
 
 def _id_list(rows: Sequence[Any]) -> str:
     """The ids of `rows` as a JSON array of SQLite's stored (dashed text) form."""
-    return json.dumps([str(r.id) for r in rows])
+    return json.dumps([str(r[0]) for r in rows])
 
 
 def _within_bytes(rows: Sequence[Any], max_bytes: int) -> list[Any]:
@@ -754,9 +736,8 @@ def _within_bytes(rows: Sequence[Any], max_bytes: int) -> list[Any]:
     way the server claim caps its batch; the first row is always taken."""
     kept: list[Any] = []
     total = 0
-    for r in rows:
-        total += len(str(r.data).encode()) + len(r.state.encode()) + len(r.machine.encode()) \
-            + _ROW_BYTES
+    for r in rows:  # (id, machine, state, data, ...): the pick's columns
+        total += len(str(r[3]).encode()) + len(r[2].encode()) + len(r[1].encode()) + _ROW_BYTES
         if kept and total > max_bytes:
             break
         kept.append(r)
@@ -764,19 +745,21 @@ def _within_bytes(rows: Sequence[Any], max_bytes: int) -> list[Any]:
 
 
 def _claimed_sqlite(r: Any, token: str) -> ClaimedRow:
-    """A claimed SQLite row, its data decoded here: a value that does not decode (written by
-    hand) becomes the row's `data_error`, for the engine to park it with, instead of failing the
-    claim of every row."""
-    data, data_error = decode_value("data", r.data, json_text=True)
-    attempt, attempt_error = decode_value("attempt", r.attempt, integer=True)
+    """A claimed SQLite row (the pick's columns, in order), its data decoded here: a value that
+    does not decode (written by hand) becomes the row's `data_error`, for the engine to park it
+    with, instead of failing the claim of every row."""
+    (wid, machine, state, raw_data, version, entered, raw_attempt, status, due_at, rec, parent,
+     cancel, doubt) = r
+    data, data_error = decode_value("data", raw_data, json_text=True)
+    attempt, attempt_error = decode_value("attempt", raw_attempt, integer=True)
     errors = [e for e in (data_error, attempt_error) if e]
-    return ClaimedRow(id=r.id, machine=r.machine, state=r.state,
-                      data=None if data_error else data, version=r.version,
-                      entered_version=r.entered_version,
+    return ClaimedRow(id=wid, machine=machine, state=state,
+                      data=None if data_error else data, version=version,
+                      entered_version=entered,
                       attempt=1 if attempt_error else attempt + 1, lease_token=token,
-                      previous_status=r.status, external_change=not r.rec, parent_id=r.parent_id,
-                      cancel_requested=r.cancel_requested, in_doubt=r.in_doubt,
-                      data_error="; ".join(errors) or None, due_at=_aware(_sqlite_time(r.due_at)))
+                      previous_status=status, external_change=not rec, parent_id=parent,
+                      cancel_requested=cancel, in_doubt=doubt,
+                      data_error="; ".join(errors) or None, due_at=_aware(_sqlite_time(due_at)))
 
 
 def _sqlite_time(value: Any) -> datetime | None:
