@@ -208,11 +208,12 @@ class Database:
         and writes that are safe to repeat (claims, renewals, releases, idempotent inserts)."""
         return self.run(lambda: self.attempt_single(fn))
 
-    def fast(self, key: Any, stmt: Any, params: dict[str, Any], *, many: bool = False) -> Any:
+    def fast(self, key: Any, stmt: Any, params: dict[str, Any], *, many: bool = False,
+             hold: bool = True) -> Any:
         """A statement safe to repeat, on the fast path (see `FastPath.execute`)."""
         assert self.fast_path is not None
         fast = self.fast_path
-        return self.run(lambda: fast.execute(key, stmt, params, many=many))
+        return self.run(lambda: fast.execute(key, stmt, params, many=many, hold=hold))
 
     # -- time --------------------------------------------------------------------------------
 

@@ -146,11 +146,14 @@ class FastPath:
         plan = self.plan(key, stmt)
         return plan.sql, plan.values(params)
 
-    def execute(self, key: Any, stmt: Any, params: dict[str, Any], *, many: bool = False) -> Any:
+    def execute(self, key: Any, stmt: Any, params: dict[str, Any], *, many: bool = False,
+                hold: bool = True) -> Any:
         """Run `stmt` once: the first row (a tuple) or None, or all rows with `many`. Raises the
-        driver's error as is, for the retry loop to classify."""
+        driver's error as is, for the retry loop to classify. `hold` False: a thread that holds
+        no connection yet does not take one to keep (an application's thread calling the
+        client, as opposed to a worker's)."""
         plan = self.plan(key, stmt)
-        held = self._connection()
+        held = self._connection(hold)
         try:
             result = _send(held.cursor_for(plan), plan, params, many)
         except BaseException as e:
@@ -207,9 +210,9 @@ class FastPath:
 
     # -- held connections --------------------------------------------------------------------
 
-    def _connection(self) -> _Held:
-        """This thread's held connection (taking one if there is room), or one checked out for
-        this statement only (``kept`` False)."""
+    def _connection(self, hold: bool = True) -> _Held:
+        """This thread's held connection (taking one if there is room and `hold`), or one
+        checked out for this statement only (``kept`` False)."""
         me = threading.current_thread()
         held = self._held.get(me.ident or 0)
         if held is not None:
@@ -218,6 +221,8 @@ class FastPath:
                 return held
             self._give_back(me)
         raw = self.engine.raw_connection()
+        if not hold:
+            return _Held(me, raw, kept=False)
         with self._held_lock:
             if len(self._held) >= self.max_held:
                 self._sweep_locked()

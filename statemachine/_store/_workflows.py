@@ -101,7 +101,8 @@ class WorkflowStatements(StatementGroup):
                   "p_key": key, "p_parent": parent_id, "p_wake": self._later_value(wake_after),
                   "h_cause": f"key={key}" if key else None, **self._now_value()}
         if self._db.fast_ok():  # compiled once: SQLAlchemy cannot cache this statement
-            inserted = self._db.fast(("start",), stmt, params)
+            # (an application's threads start workflows: none keeps a connection for it)
+            inserted = self._db.fast(("start",), stmt, params, hold=False)
         else:
             inserted = self._single(lambda conn: conn.execute(stmt, params).first())
         if inserted is not None:

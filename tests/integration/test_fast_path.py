@@ -9,6 +9,7 @@ from what SQLAlchemy's own execution sends, and this test fails loudly.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -124,8 +125,8 @@ def test_a_serialization_failure_keeps_the_fast_path_connection(
     used: list[int] = []
     real_connection = FastPath._connection
 
-    def spy(self: FastPath) -> Any:
-        held = real_connection(self)
+    def spy(self: FastPath, hold: bool = True) -> Any:
+        held = real_connection(self, hold)
         used.append(held.raw.driver_connection.info.backend_pid)  # type: ignore[union-attr]
         return held
 
@@ -148,3 +149,22 @@ def test_a_serialization_failure_keeps_the_fast_path_connection(
         assert backend_pids(store, name) == before
     finally:
         store.dispose()
+
+
+def test_a_thread_that_starts_workflows_keeps_no_connection(store: Store, backend: str) -> None:
+    """An application's threads call `Client.start`: each borrows a pooled connection for the
+    statement and gives it back, where a worker's threads keep theirs."""
+    fast = store.sql._db.fast_path
+    assert fast is not None
+    started: list[uuid.UUID] = []
+    caller = threading.Thread(target=lambda: started.append(
+        store.sql.insert_workflow(machine="fast_m", state="Start", data={"n": 1})[0]))
+    caller.start()
+    caller.join()
+    assert len(started) == 1
+    assert caller.ident not in fast._held
+    with store.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sm_workflows WHERE id = :id"),
+                            {"id": started[0]}).scalar() == 1
+    store.sql.claim(owner="w1", machines=["fast_m"], limit=1, lease=30)
+    assert threading.get_ident() in fast._held  # a claiming (worker) thread keeps one
