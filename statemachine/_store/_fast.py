@@ -180,10 +180,11 @@ class FastPath:
             cursor.execute(self._begin)
             try:
                 result = body(send)
+                cursor.execute("COMMIT")
             except BaseException:
+                # (also after a failed COMMIT: SQLite leaves the transaction open then)
                 _rollback_quietly(cursor)
                 raise
-            cursor.execute("COMMIT")
         except BaseException as e:
             self._failed(held, e)
             raise

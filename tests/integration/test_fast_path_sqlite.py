@@ -5,12 +5,13 @@ leaves it to the transaction that records the request as superseded."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from typing import Any
 
 import attrs
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from statemachine import Store
 from statemachine._schema import workflows
@@ -84,3 +85,21 @@ def test_a_commit_that_lost_its_lease_writes_nothing(store: Store) -> None:
     assert store.sql.commit(finishing(attrs.evolve(row, lease_token="not-mine"))) is None
     assert [h.kind for h in store.sql.history(wid)] == ["start"]
     assert store.sql.commit(finishing(row)) == Committed(2, None)
+
+
+def test_a_transaction_whose_commit_fails_is_rolled_back_and_its_connection_kept_usable(
+        store: Store) -> None:
+    """SQLite leaves a transaction open when its COMMIT fails (here: a deferred foreign key);
+    the fast path rolls it back, so the thread's next transaction starts cleanly."""
+    fast = store.sql._db.fast_path
+    assert fast is not None
+    with store.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t_parent (id INTEGER PRIMARY KEY)"))
+        conn.execute(text("CREATE TABLE t_child (pid INTEGER REFERENCES t_parent (id) "
+                          "DEFERRABLE INITIALLY DEFERRED)"))
+    fast.execute(("t", "fk"), text("PRAGMA foreign_keys = ON"), {})  # on this thread's connection
+    orphan = text("INSERT INTO t_child (pid) VALUES (7)")
+    with pytest.raises(sqlite3.IntegrityError):
+        fast.transaction(lambda send: send(("t", "orphan"), orphan, {}))
+    count = text("SELECT count(*) FROM t_child")
+    assert fast.transaction(lambda send: send(("t", "count"), count, {})) == (0,)
