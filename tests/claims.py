@@ -29,7 +29,8 @@ class ClaimLog:
     def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
         self._lock = threading.Lock()
         self._calls = 0
-        self._claims: list[tuple[int, frozenset[uuid.UUID]]] = []  # (call, ids claimed)
+        # (call that began it, call number when it returned, ids claimed)
+        self._claims: list[tuple[int, int, frozenset[uuid.UUID]]] = []
         self._sweeps: list[tuple[int, int]] = []  # (call, thread ident)
         claim, sweep = store.sql.claim, store.sql.notice_sql_events
 
@@ -37,7 +38,8 @@ class ClaimLog:
             call = self._begin()
             rows = claim(*args, **kwargs)
             with self._lock:
-                self._claims.append((call, frozenset(r.id for r in rows)))
+                self._calls += 1
+                self._claims.append((call, self._calls, frozenset(r.id for r in rows)))
             return rows
 
         def counted_sweep(*args: Any, **kwargs: Any) -> Any:
@@ -63,16 +65,17 @@ class ClaimLog:
         """Wait until `claims` claims that began after `mark` have finished; the ids they took."""
         def done() -> list[frozenset[uuid.UUID]]:
             with self._lock:
-                after = [ids for call, ids in self._claims if call > mark]
+                after = [ids for call, _, ids in self._claims if call > mark]
             return after if len(after) >= claims else []
 
         return set().union(*wait_until(done, f"{claims} claim(s) after the mark"))
 
     def wait_claimed(self, mark: int, workflow_id: uuid.UUID) -> None:
-        """Wait until a claim that began after `mark` took `workflow_id`."""
+        """Wait until a claim that returned after `mark` took `workflow_id` (one that began
+        before it may have waited for the write that made the workflow due, and taken it)."""
         def taken() -> bool:
             with self._lock:
-                return any(workflow_id in ids for call, ids in self._claims if call > mark)
+                return any(workflow_id in ids for _, ended, ids in self._claims if ended > mark)
 
         wait_until(taken, f"a worker to claim workflow {workflow_id}")
 
