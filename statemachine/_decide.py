@@ -148,9 +148,7 @@ def decide(a: Attempt) -> Flow:
 
 
 def _commit(a: Attempt, what: Done, change: Change) -> Commit:
-    if change.status in ("done", "cancelled") and a.spec.event_types and not change.close_inbox:
-        change = attrs.evolve(change, close_inbox=True)
-    return Commit(a.row, _finishing(change, a.row), what)
+    return Commit(a.row, _finishing(change, a.row, events=bool(a.spec.event_types)), what)
 
 
 def _park(a: Attempt, row: ClaimedRow, reason: str) -> Commit:
@@ -159,18 +157,31 @@ def _park(a: Attempt, row: ClaimedRow, reason: str) -> Commit:
                                             started_at=a.now))
 
 
-def _finishing(change: Change, row: ClaimedRow) -> Change:
-    """What a change that finishes the workflow also does: a child, however it finishes (done,
-    parked, cancelled), wakes its parent; and unless the change carries out a cancel request, a
-    request pending at commit (asked for while the handler ran) is recorded as superseded, in
-    the same transaction, so no cancel request is ever lost without a trace."""
-    if not change.finishes:
+def _finish_fields(row: ClaimedRow, status: str, *, clear_cancel: bool,
+                   events: bool) -> dict[str, Any]:
+    """What a change to `status` that finishes the workflow also does: a child, however it
+    finishes (done, parked, cancelled), wakes its parent; unless the change carries out a cancel
+    request, a request pending at commit (asked for while the handler ran) is recorded as
+    superseded, in the same transaction, so no cancel request is ever lost without a trace; and
+    a machine with events rejects the ones still pending when it ends done or cancelled."""
+    if status not in FINISHED:
+        return {}
+    fields: dict[str, Any] = {}
+    if row.parent_id is not None:
+        fields["wake_parent"] = row.parent_id
+    if not clear_cancel:
+        fields["supersede_cancel"] = True
+    if events and status in ("done", "cancelled"):
+        fields["close_inbox"] = True
+    return fields
+
+
+def _finishing(change: Change, row: ClaimedRow, *, events: bool = False) -> Change:
+    """`change` with what finishing also does (`_finish_fields`), where it is not set yet."""
+    if change.status not in FINISHED:
         return change
-    more: dict[str, Any] = {}
-    if row.parent_id is not None and change.wake_parent is None:
-        more["wake_parent"] = row.parent_id
-    if not change.clear_cancel and not change.supersede_cancel:
-        more["supersede_cancel"] = True
+    more = {k: v for k, v in _finish_fields(row, change.status, clear_cancel=change.clear_cancel,
+                                            events=events).items() if not getattr(change, k)}
     return attrs.evolve(change, **more) if more else change
 
 
@@ -483,14 +494,9 @@ def _result(a: Attempt, who: _Returner, returned: Returned, call: Call, *,
     more: dict[str, Any] = {}
     if delayed is not None:
         more.update(wake_at=delayed.at, wake_after=delayed.after)
-    if terminal:
-        # What finishing also does (see `_finishing`), set here rather than copied in after.
-        if row.parent_id is not None:
-            more["wake_parent"] = row.parent_id
-        if not call.clear_cancel:
-            more["supersede_cancel"] = True
-        if spec.event_types:
-            more["close_inbox"] = True
+    if terminal:  # set at construction, so `_commit` has nothing to copy in
+        more.update(_finish_fields(row, "done", clear_cancel=call.clear_cancel,
+                                   events=bool(spec.event_types)))
     change = Change.transition(row, stored, data, terminal=terminal, worker=a.worker,
                                started_at=a.now, keep_lease=keep, kind=who.kind,
                                error=who.error, cause=call.cause, children=started,
