@@ -33,10 +33,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
-__all__ = ["HOLD_SECONDS", "FastPath", "Send", "sql_literal"]
+__all__ = ["HOLD_SECONDS", "FastPath", "Send", "sql_literal", "sqlalchemy_send"]
 
 # How long a thread keeps its connection before giving it back to the pool (which pings and
 # recycles what it hands out).
@@ -320,6 +320,20 @@ def _send(cursor: Any, plan: _Plan, params: dict[str, Any], many: bool, *,
         return cursor.fetchone()
     rows = cursor.fetchall()
     return [plan.decode(r) for r in rows] if decode else rows
+
+
+def sqlalchemy_send(conn: Connection) -> Send:
+    """A `Send` on a SQLAlchemy connection, for a body written for `FastPath.transaction` to
+    run inside the caller's SQLAlchemy transaction instead (rows decoded by SQLAlchemy)."""
+
+    def send(_key: Any, stmt: Any, params: dict[str, Any], *, many: bool = False,
+             decode: bool = False) -> Any:
+        result = conn.execute(stmt, params)
+        if not result.returns_rows:
+            return [] if many else None
+        return result.all() if many else result.first()
+
+    return send
 
 
 def _rollback_quietly(cursor: Any) -> None:

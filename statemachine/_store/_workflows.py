@@ -45,7 +45,7 @@ from .._schema import events as ev
 from ..errors import DatabaseUnavailable, StoreError
 from ._base import StatementGroup, _headline
 from ._decode import decode_value
-from ._fast import Send
+from ._fast import Send, sqlalchemy_send
 
 log = logging.getLogger("statemachine.store")
 
@@ -220,13 +220,7 @@ class WorkflowStatements(StatementGroup):
             pick, lease_them = stmts
             params["p_machines"] = json.dumps(params["p_machines"])
 
-            def run_sqlite(conn: Connection) -> list[Any]:
-                rows = _within_bytes(conn.execute(pick, params).all(), max_bytes)
-                if rows:
-                    conn.execute(lease_them, {**params, "p_ids": _id_list(rows)})
-                return rows
-
-            def run_fast(send: Send) -> list[Any]:
+            def pick_and_lease(send: Send) -> list[Any]:
                 picked = send((key, "pick"), pick, params, many=True, decode=True)
                 rows = _within_bytes(picked, max_bytes)
                 if rows:
@@ -235,9 +229,9 @@ class WorkflowStatements(StatementGroup):
 
             fast = self._db.fast_path
             if fast is not None and fast.usable():
-                picked = self._db.run(lambda: fast.transaction(run_fast))
+                picked = self._db.run(lambda: fast.transaction(pick_and_lease))
             else:
-                picked = self.transaction(run_sqlite)
+                picked = self.transaction(lambda conn: pick_and_lease(sqlalchemy_send(conn)))
             return [_claimed_sqlite(r, token) for r in picked]
 
         def claimed(r: Any) -> ClaimedRow:
