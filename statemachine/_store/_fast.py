@@ -29,7 +29,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -156,6 +156,30 @@ class FastPath:
         held = self._connection(hold)
         try:
             result = _send(held.cursor_for(plan), plan, params, many)
+        except BaseException as e:
+            self._failed(held, e)
+            raise
+        if not held.kept:
+            held.raw.close()
+        return result
+
+    def execute_all(self, items: Sequence[tuple[Any, Any, dict[str, Any]]]
+                    ) -> list[list[tuple[Any, ...]]]:
+        """Run several statements, each given as ``(key, stmt, params)``, in one round trip and
+        one transaction (psycopg's pipeline mode: one Sync after the last): every row of each.
+        If one fails, none of them happened; raises the driver's error as is, for the retry
+        loop to classify. Servers only."""
+        held = self._connection()
+        driver: Any = held.raw.driver_connection
+        try:
+            cursors = []
+            with driver.pipeline():
+                for key, stmt, params in items:
+                    plan = self.plan(key, stmt)
+                    cursor = held.cursor_for(plan)
+                    cursor.execute(plan.positional, plan.sequence(params))
+                    cursors.append(cursor)
+            result = [c.fetchall() for c in cursors]
         except BaseException as e:
             self._failed(held, e)
             raise

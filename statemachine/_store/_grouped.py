@@ -90,26 +90,20 @@ class GroupStatements(WorkflowStatements):
             return [self._alone(changes[0], retry_for)]
         if self.is_sqlite:
             return self._group_sqlite(changes, retry_for)
-        outcomes: dict[UUID, Outcome] = {}
         by_shape: dict[_Shape, list[Change]] = {}
         for c in changes:
             guarded = c.supersede_cancel and not c.clear_cancel
             by_shape.setdefault(_shape(c, no_cancel=guarded), []).append(c)
+        try:
+            # The usual retries only: a group still contended after them goes one by one,
+            # each change then retrying for `retry_for` on its own.
+            matched = self._db.run(partial(self._send_group, by_shape), reconnect=False)
+        except StoreError as e:
+            log.info("grouped commit of %d changes failed (%s): committing them one by one",
+                     len(changes), e)
+            return [self._settle_alone(c, retry_for) for c in changes]
+        outcomes: dict[UUID, Outcome] = {}
         for shape, group in by_shape.items():
-            if len(group) == 1:
-                outcomes[group[0].workflow_id] = self._alone(group[0], retry_for)
-                continue
-            try:
-                # The usual retries only: a group still contended after them goes one by one,
-                # each change then retrying for `retry_for` on its own.
-                matched = self._db.run(partial(self._send_group, shape, group),
-                                       reconnect=False)
-            except StoreError as e:
-                log.info("grouped commit of %d changes failed (%s): committing them one by one",
-                         len(group), e)
-                for c in group:
-                    outcomes[c.workflow_id] = self._settle_alone(c, retry_for)
-                continue
             for c in group:
                 done: Outcome = matched.get(c.workflow_id)
                 if done is None and shape.no_cancel:
@@ -159,22 +153,42 @@ class GroupStatements(WorkflowStatements):
                      len(changes), e)
             return [self._settle_alone(c, retry_for) for c in changes]
 
-    # -- servers: one statement per shape ------------------------------------------------------
+    # -- servers: one round trip ---------------------------------------------------------------
 
-    def _send_group(self, shape: _Shape, group: Sequence[Change]) -> dict[UUID, Committed]:
-        """One attempt: the changes' rows that matched, with what they committed."""
-        key = ("commit_group", shape)
-        stmt = self._statements.get(key)
-        if stmt is None:
-            stmt = self._statements[key] = self._group_statement(shape)
-        params: dict[str, Any] = {"g_rows": [self._group_row(c) for c in group],
-                                  "g_ids": [c.workflow_id for c in group],
-                                  **self._now_value()}
-        if self._db.fast_ok():
-            rows = self._db.fast_path.execute(key, stmt, params, many=True)  # type: ignore
+    def _send_group(self, by_shape: dict[_Shape, list[Change]]) -> dict[UUID, Committed]:
+        """One attempt: the rows that matched, with what they committed. Each shape of change
+        is one statement (the plain commit's for a shape of one change), and all of them go in
+        one round trip and one transaction."""
+        items: list[tuple[Any, Any, dict[str, Any]]] = []
+        for shape, group in by_shape.items():
+            if len(group) == 1:
+                items.append((("commit", shape), self._commit_statement(shape),
+                              self._change_params(group[0])))
+                continue
+            key = ("commit_group", shape)
+            stmt = self._statements.get(key)
+            if stmt is None:
+                stmt = self._statements[key] = self._group_statement(shape)
+            items.append((key, stmt, {"g_rows": [self._group_row(c) for c in group],
+                                      "g_ids": [c.workflow_id for c in group],
+                                      **self._now_value()}))
+        fast = self._db.fast_path
+        results: Sequence[Sequence[Any]]
+        if fast is not None and fast.usable():
+            results = (fast.execute_all(items) if len(items) > 1
+                       else [fast.execute(*items[0], many=True)])
         else:
-            rows = self._db.attempt_single(lambda conn: conn.execute(stmt, params).all())
-        return {UUID(str(r[0])): Committed(int(r[1]), r[2]) for r in rows}
+            results = self._db.attempt_transaction(
+                lambda conn: [conn.execute(stmt, params).all() for _, stmt, params in items])
+        matched: dict[UUID, Committed] = {}
+        for group, rows in zip(by_shape.values(), results, strict=True):
+            if len(group) == 1:
+                if rows:
+                    matched[group[0].workflow_id] = Committed(int(rows[0][0]), rows[0][1])
+                continue
+            for r in rows:
+                matched[UUID(str(r[0]))] = Committed(int(r[1]), r[2])
+        return matched
 
     def _group_row(self, c: Change) -> dict[str, Any]:
         """One change's values as JSON (read back by name in the statement)."""
@@ -197,7 +211,12 @@ class GroupStatements(WorkflowStatements):
         upd, hist = self._change_statements(shape, val)
         # The ids again as an array: the planner then finds the rows by the primary key instead
         # of hashing the whole table against the JSON rows (it cannot see how few they are).
-        upd = upd.where(w.c.id == any_(bindparam("g_ids", type_=ARRAY(w.c.id.type))))
+        # Read through a scalar subquery, so that PostgreSQL's planner sees no constant array
+        # in a custom plan either: it then keeps the statement's generic plan instead of
+        # planning it again on every call (about half a millisecond of server CPU per group).
+        ids = ARRAY(w.c.id.type)
+        upd = upd.where(w.c.id == any_(cast(
+            select(bindparam("g_ids", type_=ids)).scalar_subquery(), ids)))
         u = upd.returning(w.c.id, w.c.version, w.c.cancel_requested).cte("u")
         i = insert(h).from_select(
             ["workflow_id", "version", *hist],

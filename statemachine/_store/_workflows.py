@@ -384,16 +384,7 @@ class WorkflowStatements(StatementGroup):
         if self.is_sqlite or not (change.simple or guarded):
             return self._db.attempt_transaction(lambda conn: self.commit_in(conn, change))
         shape = _shape(change, no_cancel=guarded)
-        stmt = self._statements.get(("commit", shape))
-        if stmt is None:
-            upd, hist = self._change_statements(shape)
-            u = upd.returning(w.c.id, w.c.version, w.c.cancel_requested).cte("u")
-            i = insert(h).from_select(
-                ["workflow_id", "version", *hist], select(u.c.id, u.c.version, *hist.values()),
-            ).returning(h.c.version).cte("i")
-            stmt = select(u.c.version, u.c.cancel_requested).select_from(
-                u.join(i, i.c.version == u.c.version))
-            self._statements[("commit", shape)] = stmt
+        stmt = self._commit_statement(shape)
         params = self._change_params(change)
         fast = self._db.fast_path
         if fast is not None and fast.usable() and not change.expect_status:
@@ -404,6 +395,22 @@ class WorkflowStatements(StatementGroup):
         if row is None and guarded:
             return self._db.attempt_transaction(lambda conn: self.commit_in(conn, change))
         return None if row is None else Committed(int(row[0]), row[1])
+
+    def _commit_statement(self, shape: _Shape) -> Any:
+        """A plain change's one statement on servers (built once per shape): the
+        compare-and-set and its history row; it returns the new version and the cancel request
+        pending, or no row."""
+        stmt = self._statements.get(("commit", shape))
+        if stmt is None:
+            upd, hist = self._change_statements(shape)
+            u = upd.returning(w.c.id, w.c.version, w.c.cancel_requested).cte("u")
+            i = insert(h).from_select(
+                ["workflow_id", "version", *hist], select(u.c.id, u.c.version, *hist.values()),
+            ).returning(h.c.version).cte("i")
+            stmt = select(u.c.version, u.c.cancel_requested).select_from(
+                u.join(i, i.c.version == u.c.version))
+            self._statements[("commit", shape)] = stmt
+        return stmt
 
     def _commit_sqlite_fast(self, change: Change) -> Any:
         """`commit_in`'s two statements in one transaction on the fast path (SQLite); `_RESEND`

@@ -21,7 +21,17 @@ from sqlalchemy.engine import make_url
 from statemachine import Store
 from statemachine._store import Change, Committed
 from statemachine._store._fast import FastPath, sql_literal
+from statemachine._store._grouped import GroupStatements
+from statemachine.errors import StoreError
 from tests.conftest import POSTGRES_BACKENDS
+from tests.integration.test_group_commit import (
+    claimed,
+    finish,
+    install_refusal,
+    kinds,
+    row_of,
+    to_b,
+)
 
 pytestmark = pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)
 
@@ -168,3 +178,48 @@ def test_a_thread_that_starts_workflows_keeps_no_connection(store: Store, backen
                             {"id": started[0]}).scalar() == 1
     store.sql.claim(owner="w1", machines=["fast_m"], limit=1, lease=30)
     assert threading.get_ident() in fast._held  # a claiming (worker) thread keeps one
+
+
+def test_a_group_of_several_shapes_goes_in_one_round_trip_and_one_transaction(
+        store: Store, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = claimed(store, 5)
+    # Three shapes: two sticky steps, two finishes (fenced on no cancel pending), and a step
+    # that gives its lease back (a shape of one change: the plain commit's statement).
+    changes = [to_b(rows[0]), to_b(rows[1]), finish(rows[2]), finish(rows[3]),
+               to_b(rows[4], keep_lease=None)]
+    round_trips: list[int] = []
+    real = FastPath.execute_all
+
+    def spy(self: FastPath, items: Any) -> Any:
+        round_trips.append(len(items))
+        return real(self, items)
+
+    monkeypatch.setattr(FastPath, "execute_all", spy)
+    outcomes = store.sql.commit_group(changes)
+    assert round_trips == [3]
+    assert outcomes == [Committed(r.version + 1, None) for r in rows]
+    assert [row_of(store, r.id).status for r in rows] == [
+        "running", "running", "done", "done", "ready"]
+    assert all(kinds(store, r.id) == ["start", "transition"] for r in rows)
+
+
+def test_a_group_whose_last_statement_fails_wrote_nothing_before_each_goes_alone(
+        store: Store, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = claimed(store, 4)
+    install_refusal(store, rows[3].id)  # in the second statement of the round trip
+    states_when_settling: list[list[str]] = []
+    real = GroupStatements._settle_alone
+
+    def spy(self: GroupStatements, change: Change, retry_for: float) -> Any:
+        if not states_when_settling:
+            states_when_settling.append([row_of(store, r.id).state for r in rows])
+        return real(self, change, retry_for)
+
+    monkeypatch.setattr(GroupStatements, "_settle_alone", spy)
+    outcomes = store.sql.commit_group([to_b(rows[0]), to_b(rows[1]), finish(rows[2]),
+                                       finish(rows[3])])
+    # The sticky steps' statement ran first, in the same transaction: rolled back with it.
+    assert states_when_settling == [["A", "A", "A", "A"]]
+    assert outcomes[:3] == [Committed(r.version + 1, None) for r in rows[:3]]
+    assert isinstance(outcomes[3], StoreError)
+    assert [row_of(store, r.id).state for r in rows] == ["B", "B", "Done", "A"]
