@@ -1,16 +1,19 @@
-"""The grouped commit: several workflows' changes committed in one statement (servers) or one
-transaction (SQLite), each row still fenced by its own version and lease token.
+"""The grouped commit: several workflows' changes committed in one round trip and one
+transaction, each row still fenced by its own version and lease token.
 
-On servers the changes of one shape go as one statement: the rows' values travel as one JSON
-array (``jsonb_array_elements``, as the children insert does: the same SQL whatever the number
-of rows, and no arrays of JSON, which CockroachDB lacks), an ``UPDATE ... FROM`` compare-and-sets
-every row on its own ``(id, version, lease_token)``, and the history insert takes the rows that
-matched. A row that does not match is left out alone: its change reads as lost (None), the
-others commit. A finishing change fenced on "no cancel request pending" that does not match
-goes on to `commit` by itself, which records a pending request as superseded.
+On servers a group is one statement per shape of change, all of them pipelined behind one Sync
+(psycopg's pipeline mode: one round trip, one transaction, one WAL flush); a shape of one change
+takes the plain commit's statement. The changes of one shape go as one statement: the rows'
+values travel as one JSON array (``jsonb_array_elements``, as the children insert does: the
+same SQL whatever the number of rows, and no arrays of JSON, which CockroachDB lacks), an
+``UPDATE ... FROM`` compare-and-sets every row on its own ``(id, version, lease_token)``, and
+the history insert takes the rows that matched. A row that does not match is left out alone:
+its change reads as lost (None), the others commit. A finishing change fenced on "no cancel
+request pending" that does not match goes on to `commit` by itself, which records a pending
+request as superseded. On SQLite a group is one transaction of each change's statements.
 
-When a grouped statement fails (an outage, a serialization failure past the retries, an error
-one row's values caused), none of it happened or its outcome is unknown: each change is then
+When a group fails (an outage, a serialization failure past the retries, an error one
+row's values caused), none of it happened or its outcome is unknown: each change is then
 read back (its history row there: committed) and otherwise committed alone, with the usual
 retries, so one bad row cannot fail the others and no result is lost to the grouping.
 """
