@@ -64,11 +64,15 @@ class BenchDatabase:
             conn.execute(f'CREATE DATABASE "{self.name}"')
         self.url = make_url(admin_url).set(database=self.name).render_as_string(
             hide_password=False)
-        store = Store(self.url)
         try:
-            store.migrate()
-        finally:
-            store.dispose()
+            store = Store(self.url)
+            try:
+                store.migrate()
+            finally:
+                store.dispose()
+        except BaseException:  # an interrupted migration too: the database is not left behind
+            self.drop()
+            raise
 
     def drop(self) -> None:
         """Drop the database, disconnecting whoever is still connected."""
