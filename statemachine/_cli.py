@@ -45,6 +45,7 @@ from ._schedules import Schedule
 from ._serde import StateCodec
 from ._store import Change, Store, default_database_url
 from ._store._audit import problems, scan_raw
+from ._store._faults import interrupt_behind
 from ._store._filters import WorkflowFilter, resolve_id
 from .errors import InvalidArgument, StateMachineError, UnknownMachine
 
@@ -581,6 +582,9 @@ def _run(args: Sequence[str] | None) -> int:
     except Exception as e:
         if debug:
             raise
+        if interrupt_behind(e) is not None:  # Ctrl-C, whatever its clean-up raised after it
+            click.echo("aborted", err=True)
+            return 130
         click.echo(f"error: {describe(e, _db_of(args))}", err=True)
         return 1
     return 0

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import NullPool
 
@@ -178,3 +178,19 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine, "handle_error")
+    def on_error(ctx: ExceptionContext) -> None:
+        # An interrupt (Ctrl-C) inside a statement makes SQLAlchemy close the connection, but a
+        # sqlite3 connection closed with a statement still unfinished (its cursor lives on in
+        # the interrupt's traceback until the garbage collector runs) keeps its transaction and
+        # the write lock: every other connection's BEGIN IMMEDIATE would wait for it. End both
+        # first.
+        if isinstance(ctx.original_exception, Exception) or ctx.connection is None:
+            return
+        try:
+            if ctx.execution_context is not None:
+                ctx.execution_context.cursor.close()
+            ctx.connection.connection.driver_connection.rollback()  # type: ignore[union-attr]
+        except Exception:  # noqa: S110 (the interrupt is what the caller must see)
+            pass

@@ -35,7 +35,7 @@ from .._database import DEFAULT_POOL_RECYCLE, default_database_url, make_engine
 from .._redact import RedactOption, Redactor, install_log_redaction
 from .._schema import UTCDateTime
 from ._fast import FastPath
-from ._faults import Fault, classify, short_error, store_error
+from ._faults import Fault, classify, interrupt_behind, short_error, store_error
 
 __all__ = ["Database"]
 
@@ -132,6 +132,9 @@ class Database:
             try:
                 return attempt()
             except (DBAPIError, psycopg.Error, sqlite3.Error, _LostInCommit) as raised:
+                interrupt = interrupt_behind(raised)
+                if interrupt is not None:
+                    raise interrupt from None  # Ctrl-C stays Ctrl-C, never a database error
                 error = raised.error if isinstance(raised, _LostInCommit) else raised
                 fault = classify(error)
                 unknown = fault is Fault.AMBIGUOUS or isinstance(raised, _LostInCommit) or (

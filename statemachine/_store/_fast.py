@@ -36,6 +36,8 @@ import psycopg
 from sqlalchemy import Connection, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
+from ._faults import interrupt_behind
+
 __all__ = ["HOLD_SECONDS", "FastPath", "Send", "sql_literal", "sqlalchemy_send"]
 
 # How long a thread keeps its connection before giving it back to the pool (which pings and
@@ -219,8 +221,10 @@ class FastPath:
     def _failed(self, held: _Held, error: BaseException) -> None:
         """After `error` on `held`: an error the database answered with leaves the connection
         as it is (kept, or back to the pool); a broken one, or one interrupted half way (its
-        state unknown), is discarded."""
-        if isinstance(error, _DRIVER_ERRORS) and not is_broken(held.raw.driver_connection):
+        state unknown), is discarded: so is one whose error came while an interrupt was
+        unwinding (see `interrupt_behind`)."""
+        if isinstance(error, _DRIVER_ERRORS) and interrupt_behind(error) is None \
+                and not is_broken(held.raw.driver_connection):
             if not held.kept:
                 held.raw.close()
             return

@@ -12,6 +12,9 @@ commit's read-back) asks `classify` and acts on its answer; the SQLSTATE tables 
   a closed or broken psycopg connection, SQLAlchemy's ``connection_invalidated``): safe work is
   repeated on a fresh connection.
 * `Fault.OTHER`: anything else (a syntax error, a missing table): raised at once.
+
+An error raised while an interrupt (Ctrl-C, `SystemExit`) was unwinding is not a database
+failure at all: `interrupt_behind` finds the interrupt, which the store raises in its place.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..errors import DatabaseUnavailable, StoreError
 
 __all__ = ["AMBIGUOUS_SQLSTATES", "CONNECTION_SQLSTATES", "LOST_CONNECTION_SQLSTATE",
            "REFUSED_CLASSES", "RETRY_SQLSTATES", "SQLITE_INTEGRITY_SQLSTATE", "Fault",
-           "classify", "driver_error", "is_retryable", "refused_by_data", "short_error",
+           "classify", "driver_error", "interrupt_behind", "is_retryable", "refused_by_data", "short_error",
            "sqlstate_of", "store_error"]
 
 RETRY_SQLSTATES = frozenset({"40001", "40P01"})
@@ -95,6 +98,21 @@ def classify(error: BaseException) -> Fault:
             return Fault.RETRY
         return Fault.OTHER
     return Fault.OTHER
+
+
+def interrupt_behind(error: BaseException) -> BaseException | None:
+    """The interrupt (`KeyboardInterrupt` or `SystemExit`) `error` was raised while handling,
+    if any. An interrupt that lands while a statement is on its way leaves the connection
+    mid-query, and clean-up that then touches it fails in the interrupt's place (SQLAlchemy's
+    pre-ping restoring psycopg's autocommit: "can't change 'autocommit' now")."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt | SystemExit):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def is_retryable(error: BaseException) -> bool:
