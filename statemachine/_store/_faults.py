@@ -29,8 +29,8 @@ from ..errors import DatabaseUnavailable, StoreError
 
 __all__ = ["AMBIGUOUS_SQLSTATES", "CONNECTION_SQLSTATES", "LOST_CONNECTION_SQLSTATE",
            "REFUSED_CLASSES", "RETRY_SQLSTATES", "SQLITE_INTEGRITY_SQLSTATE", "Fault",
-           "classify", "driver_error", "interrupt_behind", "is_retryable", "refused_by_data", "short_error",
-           "sqlstate_of", "store_error"]
+           "classify", "driver_error", "interrupt_behind", "is_retryable", "refused_by_data",
+           "short_error", "sqlstate_of", "store_error"]
 
 RETRY_SQLSTATES = frozenset({"40001", "40P01"})
 AMBIGUOUS_SQLSTATES = frozenset({"40003"})
