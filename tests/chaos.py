@@ -336,7 +336,10 @@ def _chaos(cluster: PgCluster, procs: WorkerProcesses, url: str, rng: random.Ran
     for thread in resumes:
         thread.join(120)
 
-    # Every worker still running must be serving: each commits some of a last batch.
+    # Every worker still running must be serving: each commits some of a last batch. One the last
+    # kill started may still be importing (on a loaded machine that outlasts the drain): wait
+    # until each has started, or it is blamed for a batch it never had the chance to see.
+    procs.wait_ready(*(name for name in procs.alive() if name not in killed), timeout=120)
     client_store = Store(url)
     last = Client(client_store, [Effects]).start_many(
         Effects, [E1(n=10_000_000 + i) for i in range(50 * workers)])
