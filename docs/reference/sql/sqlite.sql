@@ -37,7 +37,7 @@ SELECT sm_workflows.id, sm_workflows.machine, sm_workflows.state, sm_workflows.d
 FROM sm_history 
 WHERE sm_history.workflow_id = sm_workflows.id AND sm_history.version = sm_workflows.version) AS rec, sm_workflows.parent_id, sm_workflows.cancel_requested, sm_workflows.in_doubt 
 FROM sm_workflows 
-WHERE sm_workflows.wake_at >= ? AND sm_workflows.wake_at IS NOT NULL AND sm_workflows.wake_at <= ? AND sm_workflows.status IN ('ready', 'running', 'waiting') AND sm_workflows.machine IN (SELECT value 
+WHERE sm_workflows.wake_at >= ? AND sm_workflows.wake_at IS NOT NULL AND sm_workflows.wake_at <= ? AND (+ sm_workflows.status) IN ('ready', 'running', 'waiting') AND (+ sm_workflows.machine) IN (SELECT value 
 FROM json_each(?)) ORDER BY sm_workflows.wake_at
  LIMIT ? OFFSET ?;
 
@@ -46,7 +46,7 @@ SELECT sm_workflows.id, sm_workflows.machine, sm_workflows.state, sm_workflows.d
 FROM sm_history 
 WHERE sm_history.workflow_id = sm_workflows.id AND sm_history.version = sm_workflows.version) AS rec, sm_workflows.parent_id, sm_workflows.cancel_requested, sm_workflows.in_doubt 
 FROM sm_workflows 
-WHERE sm_workflows.wake_at IS NOT NULL AND sm_workflows.wake_at <= ? AND sm_workflows.status IN ('ready', 'running', 'waiting') AND sm_workflows.machine IN (SELECT value 
+WHERE sm_workflows.wake_at IS NOT NULL AND sm_workflows.wake_at <= ? AND (+ sm_workflows.status) IN ('ready', 'running', 'waiting') AND (+ sm_workflows.machine) IN (SELECT value 
 FROM json_each(?)) ORDER BY sm_workflows.wake_at
  LIMIT ? OFFSET ?;
 
