@@ -14,6 +14,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    false,
     func,
     literal,
     or_,
@@ -136,11 +137,14 @@ class WaitingStatements(WorkflowStatements):
 
     def notice_sql_events(self, limit: int = 500) -> int:
         """Wake the workflows of events inserted by plain SQL (``noticed`` false); returns how
-        many events were noticed. Cheap when there are none (a partial index)."""
+        many events were noticed. Cheap when there are none: it reads the partial index
+        ``sm_events_unnoticed``, whatever the table holds."""
 
         def run(conn: Connection) -> int:
+            # ``noticed = false``, the index's own predicate: neither PostgreSQL nor SQLite
+            # proves ``noticed IS false`` implies it, and read every event on each poll.
             found = conn.execute(select(ev.c.id, ev.c.workflow_id, ev.c.created_at).where(
-                ev.c.noticed.is_(False)).limit(limit)).all()
+                ev.c.noticed == false()).limit(limit)).all()
             if not found:
                 return 0
             self._wake(conn, sorted({r.workflow_id for r in found}))

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import update
 
 from statemachine import Client, Context, Machine, Store, Worker, step
 from statemachine._schema import workflows
@@ -159,34 +159,3 @@ def test_a_sticky_commit_leaves_the_lease_expiry_alone_while_half_of_it_is_left(
     assert pushed is not None
     assert pushed >= store.current_time() + timedelta(seconds=50)
 
-
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_the_sqlite_claim_reads_the_due_index_in_order_and_sorts_no_backlog(
-        store: Store) -> None:
-    # Given (machine, status) as index keys, SQLite's planner looked the runnable rows up through
-    # sm_workflows_machine_status and sorted all of them on every claim: a cost that grew with
-    # the backlog (440 µs a claim with 3,000 due).
-    now = store.current_time()
-    ours, others = _start(store, 50), [
-        store.sql.insert_workflow(machine="other_m", state="Start", data={})[0] for _ in range(50)]
-    _set_wake(store, others, now - timedelta(hours=2))  # due first, but not ours
-    _set_wake(store, ours[1:], now - timedelta(minutes=1))
-    _set_wake(store, ours[:1], now - timedelta(hours=1))
-    sent: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().startswith("SELECT") and "FROM sm_workflows" in statement:
-            sent.append((statement, parameters))
-
-    event.listen(store.engine, "before_cursor_execute", record)
-    try:
-        [first] = store.sql.claim(owner="w", machines=["bound_m"], limit=1, lease=30)
-    finally:
-        event.remove(store.engine, "before_cursor_execute", record)
-    assert first.id == ours[0]  # the earliest due of this machine's rows, the others skipped
-    [(pick, parameters)] = sent
-    with store.engine.connect() as conn:
-        plan = " / ".join(str(row[-1]) for row in conn.exec_driver_sql(
-            "EXPLAIN QUERY PLAN " + pick, parameters))
-    assert "USING INDEX sm_workflows_due" in plan, plan
-    assert "TEMP B-TREE" not in plan, plan

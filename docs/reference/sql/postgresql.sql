@@ -290,7 +290,7 @@ FROM sm_workflows ORDER BY sm_workflows.created_at DESC, sm_workflows.id
 -- name: notice_sql_events#1
 SELECT sm_events.id, sm_events.workflow_id, sm_events.created_at 
 FROM sm_events 
-WHERE sm_events.noticed IS false 
+WHERE sm_events.noticed = false 
  LIMIT %(param_1)s::INTEGER;
 
 -- name: notice_sql_events#2

@@ -225,7 +225,7 @@ FROM sm_workflows ORDER BY sm_workflows.created_at DESC, sm_workflows.id
 -- name: notice_sql_events#1
 SELECT sm_events.id, sm_events.workflow_id, sm_events.created_at 
 FROM sm_events 
-WHERE sm_events.noticed IS 0
+WHERE sm_events.noticed = 0
  LIMIT ? OFFSET ?;
 
 -- name: notice_sql_events#2
