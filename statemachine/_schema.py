@@ -75,6 +75,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    @staticmethod
+    def sqlite_text(value: datetime | None) -> str | None:
+        """What SQLAlchemy's SQLite processing makes of `value` (this type's conversion, then the
+        dialect's fixed-width text), in one call: the fast path's bind processor on SQLite."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise InvalidArgument(f"naive datetime {value!r}: statemachine stores aware UTC times")
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
@@ -97,6 +109,13 @@ class TextUUID(TypeDecorator[uuid.UUID]):
             return None
         value = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
         return str(value) if dialect.name == "sqlite" else value
+
+    @staticmethod
+    def sqlite_text(value: Any) -> str | None:
+        """`process_bind_param` on SQLite, in one call: the fast path's bind processor there."""
+        if value is None:
+            return None
+        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> uuid.UUID | None:
         if value is None:

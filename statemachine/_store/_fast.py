@@ -66,8 +66,12 @@ class _Plan:
         self.sql: str = compiled.string
         self.processors: dict[str, Callable[[Any], Any] | None] = {}
         self.constants: dict[str, Any] = {}
+        sqlite = dialect.name == "sqlite"
         for name, bind in compiled.binds.items():
-            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            # statemachine's own types on SQLite: one call a value, not SQLAlchemy's chain of
+            # three (a test checks the two agree).
+            direct = getattr(bind.type, "sqlite_text", None) if sqlite else None
+            process = direct or bind.type.dialect_impl(dialect).bind_processor(dialect)
             self.processors[name] = process
             if not bind.required and bind.callable is None:
                 value = bind.value
