@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -382,8 +383,9 @@ class Worker:
         return rows
 
     def _sweep_loop(self) -> None:
-        """Every poll interval: notice events inserted by SQL and start due scheduled workflows;
-        every `audit_interval`: report rows of this worker's machines that cannot be claimed."""
+        """Every poll interval (give or take a quarter): notice events inserted by SQL and start
+        due scheduled workflows; every `audit_interval`: report rows of this worker's machines
+        that cannot be claimed."""
         trouble = self._troubles["sm-sweeper"]
         last_audit = time.monotonic() - self.audit_interval + min(5.0, self.audit_interval)
         reported: tuple[object, ...] = ()
@@ -411,7 +413,9 @@ class Worker:
                 wait = trouble.failed(e)
                 continue
             trouble.ok()
-            wait = self.poll_interval
+            # A quarter either way: workers started together would otherwise sweep in step, and
+            # the one whose phase comes first after each second would start every schedule tick.
+            wait = self.poll_interval * random.uniform(0.75, 1.25)
 
     def _purge_loop(self) -> None:
         """Every `purge_interval`: purge what is older than `purge_older_than`, a batch at a
