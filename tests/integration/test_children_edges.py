@@ -112,7 +112,11 @@ def test_children_still_queued_when_the_parent_moves_on_run_anyway(store: Store)
     client, wid = _run(store, EdgeFanOut(jobs=3, wait_first=True))
     with Worker(store, [EdgeParent, EdgeChild], poll_interval=0.05):
         info = client.wait(wid, timeout=60)  # type: ignore[arg-type]
-        assert info.state == EdgeCollected(("done",))
+        # The finished ones when the handler ran: the first, and any let go after it that
+        # finished before the parent's handler read them (each becomes due as the one before
+        # it ends, as the parent does).
+        assert isinstance(info.state, EdgeCollected)
+        assert info.state.statuses in {("done",) * n for n in (1, 2, 3)}, info.state
 
         def children_done() -> list[WorkflowInfo]:
             children = [w for w in client.list(machine="EdgeChild") if w.parent_id == wid]
