@@ -85,7 +85,8 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise InvalidArgument(f"naive datetime {value!r}: statemachine stores aware UTC times")
         if value.tzinfo is not UTC:
             value = value.astimezone(UTC)
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        # (datetime's own isoformat: a subclass may override it with another signature)
+        return datetime.isoformat(value.replace(tzinfo=None), " ", "microseconds")
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -48,6 +48,19 @@ def test_a_uuid_is_written_as_sqlalchemy_writes_it(value: uuid.UUID, form: Any) 
     assert TextUUID.sqlite_text(given_as) == _sqlalchemy(TextUUID(), given_as) == str(value)
 
 
+class _OtherIsoformat(datetime):
+    """A datetime subclass whose isoformat takes no arguments (as some libraries' do)."""
+
+    def isoformat(self) -> str:  # type: ignore[override]
+        return "not the storage format"
+
+
+def test_a_datetime_subclass_is_written_as_sqlalchemy_writes_it() -> None:
+    value = _OtherIsoformat(2026, 12, 8, 1, 2, 3, 0, tzinfo=UTC)
+    assert UTCDateTime.sqlite_text(value) == _sqlalchemy(UTCDateTime(), value) == \
+        "2026-12-08 01:02:03.000000"
+
+
 def test_none_stays_none() -> None:
     assert UTCDateTime.sqlite_text(None) is None is _sqlalchemy(UTCDateTime(), None)
     assert TextUUID.sqlite_text(None) is None is _sqlalchemy(TextUUID(), None)
