@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
 from statemachine import Store
@@ -78,8 +78,6 @@ def pg_database() -> Iterator[URL]:
         pytest.skip(message)
     name = f"sm_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with engine.connect() as conn:
-        if admin.host in ("127.0.0.1", "localhost", "::1", None):
-            _drop_leftovers(conn)
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
         yield admin.set(database=name)
@@ -87,23 +85,6 @@ def pg_database() -> Iterator[URL]:
         with engine.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         engine.dispose()
-
-
-def _drop_leftovers(conn: Connection) -> None:
-    """Drop the databases of test sessions whose process is gone (one that crashed, or was
-    killed, never ran its finalizer). Only on a server on this machine, where the pid in a
-    name is one of ours; a session still running keeps its database."""
-    for (name,) in conn.execute(text(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'sm\\_test\\_%'")):
-        parts = name.split("_")
-        if len(parts) != 4 or not parts[2].isdigit():
-            continue
-        try:
-            os.kill(int(parts[2]), 0)
-        except ProcessLookupError:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        except PermissionError:
-            pass  # alive, another user's
 
 
 def _pg_schema_url(database: URL, serializable: bool, *,
