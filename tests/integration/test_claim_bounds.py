@@ -158,4 +158,3 @@ def test_a_sticky_commit_leaves_the_lease_expiry_alone_while_half_of_it_is_left(
     pushed = store.sql.get(wid).wake_at
     assert pushed is not None
     assert pushed >= store.current_time() + timedelta(seconds=50)
-
