@@ -57,6 +57,17 @@ FINISHED_STATUSES = ("done", "failed", "cancelled")
 PURGEABLE_STATUSES = ("done", "cancelled")
 
 
+def _aware_utc(value: datetime) -> datetime:
+    """`value` in UTC; a naive one is refused (which zone it meant is unknown)."""
+    if value.tzinfo is None:
+        raise InvalidArgument(f"naive datetime {value!r}: statemachine stores aware UTC times")
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend.
 
@@ -70,9 +81,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise InvalidArgument(f"naive datetime {value!r}: statemachine stores aware UTC times")
-        value = value.astimezone(UTC)
+        value = _aware_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     @staticmethod
@@ -81,12 +90,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         dialect's fixed-width text), in one call: the fast path's bind processor on SQLite."""
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise InvalidArgument(f"naive datetime {value!r}: statemachine stores aware UTC times")
-        if value.tzinfo is not UTC:
-            value = value.astimezone(UTC)
         # (datetime's own isoformat: a subclass may override it with another signature)
-        return datetime.isoformat(value.replace(tzinfo=None), " ", "microseconds")
+        return datetime.isoformat(_aware_utc(value).replace(tzinfo=None), " ", "microseconds")
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -108,20 +113,16 @@ class TextUUID(TypeDecorator[uuid.UUID]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
-        value = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+        value = _as_uuid(value)
         return str(value) if dialect.name == "sqlite" else value
 
     @staticmethod
     def sqlite_text(value: Any) -> str | None:
         """`process_bind_param` on SQLite, in one call: the fast path's bind processor there."""
-        if value is None:
-            return None
-        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+        return None if value is None else str(_as_uuid(value))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> uuid.UUID | None:
-        if value is None:
-            return None
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+        return None if value is None else _as_uuid(value)
 
 
 JSONData = JSON().with_variant(JSONB(), "postgresql", "cockroachdb")
